@@ -1,0 +1,1 @@
+"""mm1d.training"""
