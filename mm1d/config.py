@@ -293,3 +293,27 @@ class ShapesConfig:
 # Registry of top-level schemas by name for YAML files carrying a `_schema_` key. Each section below
 # registers its top-level config.
 SCHEMAS: dict[str, type] = {}
+
+
+# ----------------------------------------------------------------------------------------------------
+# Model (mm1d.model): the decoder-only transformer
+# ----------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ModelConfig:
+    """Shape of the Llama-style decoder. The vocabulary size is not here: it comes from ``Vocab.size``."""
+
+    d_model: int = 128
+    n_layers: int = 4
+    n_heads: int = 4
+    n_kv_heads: int = 2  # grouped-query attention; must divide n_heads
+    head_dim: int | None = None  # None: d_model // n_heads
+    ffn_hidden: int = 344  # SwiGLU hidden width
+    rope_theta: float = 10000.0
+    max_seq_len: int = 512
+    qk_norm: bool = False  # RMSNorm over each head's queries and keys (not exportable to HF Llama)
+    tie_embeddings: bool = False  # lm_head shares the input embedding matrix
+    norm_eps: float = 1e-5
+    init_std: float = 0.02  # output projections use init_std / sqrt(2 * n_layers)
+    attn_impl: Literal["auto", "sdpa", "flex", "flash"] = "auto"  # auto: flex/flash on GPU, SDPA on CPU
