@@ -1,0 +1,181 @@
+"""Finite scalar quantization (FSQ, Mentzer et al. 2023).
+
+Each of the ``D = len(levels)`` channels is bounded with a tanh to ``levels[d]`` integer values and
+rounded with a straight-through estimator. A code vector maps to one integer id by a mixed-radix sum,
+so the codebook size is ``prod(levels)`` and needs no learned embedding table.
+
+Codes live in [-1, 1]: channel ``d`` takes the values ``(j - L//2) / (L//2)`` for ``j`` in ``0..L-1``
+(for even ``L`` the top value is ``1 - 2/L``).
+
+An optional normalization before the bound keeps the quantizer from collapsing onto a handful of
+codes early in training (the encoder output starts near zero, so every token rounds to one code):
+
+- ``"layernorm"``: per token, non-affine LayerNorm over the D channels (deterministic, prefix-safe);
+- ``"rms"``: per token, divide by the RMS over the D channels;
+- ``"batch"``: per register position and channel, standardize with batch statistics in training and
+  running statistics in eval mode (tokens then depend only on the own token at inference, so prefix
+  invariance and determinism hold in eval mode);
+- ``"none"``: no normalization (the paper's setting).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+QuantNorm = Literal["none", "layernorm", "rms", "batch"]
+
+
+def round_ste(x: torch.Tensor) -> torch.Tensor:
+    """Round to the nearest integer in the forward pass; identity gradient in the backward pass."""
+    return x + (torch.round(x) - x).detach()
+
+
+class FSQ(nn.Module):
+    """Finite scalar quantizer.
+
+    Args:
+        levels: number of values per channel, e.g. ``[8, 5, 5, 5]`` (1000 codes).
+        norm: normalization applied to the input before bounding (see module docstring).
+        num_positions: number of token positions (registers); required for ``norm="batch"``, whose
+            statistics are kept per position.
+        momentum: running-statistics momentum for ``norm="batch"``.
+        eps: slack of the tanh bound, so rounding never hits the open interval's edge.
+    """
+
+    def __init__(
+        self,
+        levels: list[int] | tuple[int, ...],
+        norm: QuantNorm = "none",
+        num_positions: int | None = None,
+        momentum: float = 0.01,
+        eps: float = 1e-3,
+    ) -> None:
+        super().__init__()
+        levels = [int(v) for v in levels]
+        if not levels or any(v < 2 for v in levels):
+            raise ValueError(f"FSQ levels must be a non-empty list of integers >= 2, got {levels}")
+        if norm not in ("none", "layernorm", "rms", "batch"):
+            raise ValueError(f"unknown FSQ norm {norm!r}; expected none, layernorm, rms or batch")
+        if norm == "batch" and (num_positions is None or num_positions < 1):
+            raise ValueError("FSQ norm='batch' needs num_positions (the number of register positions)")
+        self.levels_list = levels
+        self.norm = norm
+        self.eps = eps
+        self.momentum = momentum
+        lv = torch.tensor(levels, dtype=torch.long)
+        basis = torch.cumprod(torch.tensor([1] + levels[:-1], dtype=torch.long), dim=0)
+        self.register_buffer("levels", lv, persistent=False)
+        self.register_buffer("basis", basis, persistent=False)
+        if norm == "batch":
+            assert num_positions is not None
+            self.register_buffer("running_mean", torch.zeros(num_positions, len(levels)))
+            self.register_buffer("running_var", torch.ones(num_positions, len(levels)))
+
+    @property
+    def dim(self) -> int:
+        """Number of channels D."""
+        return len(self.levels_list)
+
+    @property
+    def codebook_size(self) -> int:
+        """Number of distinct codes, ``prod(levels)``."""
+        return math.prod(self.levels_list)
+
+    # ---- normalization and bound --------------------------------------------------------------------
+    def normalize(self, z: torch.Tensor) -> torch.Tensor:
+        """Apply the configured pre-quantization normalization.
+
+        Args:
+            z: float ``(B, n, D)``; for ``norm="batch"`` positions ``0..n-1`` use statistics ``[:n]``.
+
+        Returns:
+            float ``(B, n, D)``.
+        """
+        if self.norm == "none":
+            return z
+        if self.norm == "layernorm":
+            return F.layer_norm(z, (self.dim,), eps=1e-5)
+        if self.norm == "rms":
+            return z * torch.rsqrt(z.pow(2).mean(dim=-1, keepdim=True) + 1e-5)
+        n = z.shape[1]
+        if n > self.running_mean.shape[0]:
+            raise ValueError(f"FSQ batch norm was built for {self.running_mean.shape[0]} positions, got {n}")
+        if self.training:
+            mean = z.mean(dim=0)  # (n, D)
+            var = z.var(dim=0, unbiased=False)  # (n, D)
+            with torch.no_grad():
+                self.running_mean[:n].lerp_(mean.detach(), self.momentum)
+                self.running_var[:n].lerp_(var.detach(), self.momentum)
+        else:
+            mean, var = self.running_mean[:n], self.running_var[:n]
+        return (z - mean) * torch.rsqrt(var + 1e-5)
+
+    def bound(self, z: torch.Tensor) -> torch.Tensor:
+        """Squash ``z`` so that rounding yields integers in ``[-(L//2), L - 1 - L//2]`` per channel."""
+        lv = self.levels.to(z.dtype)
+        half_l = (lv - 1) * (1 + self.eps) / 2
+        offset = torch.where(self.levels % 2 == 0, 0.5, 0.0).to(z.dtype)
+        shift = torch.atanh(offset / half_l)
+        return torch.tanh(z + shift) * half_l - offset
+
+    def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Quantize.
+
+        Args:
+            z: float ``(B, n, D)`` encoder outputs.
+
+        Returns:
+            ``(codes, ids)``: codes float ``(B, n, D)`` in [-1, 1] with straight-through gradients, and
+            ids long ``(B, n)`` in ``[0, codebook_size)``.
+        """
+        if z.shape[-1] != self.dim:
+            raise ValueError(f"FSQ expects last dim {self.dim}, got shape {tuple(z.shape)}")
+        orig_dtype = z.dtype
+        z = self.normalize(z.float())
+        half_width = (self.levels // 2).to(z.dtype)
+        codes = round_ste(self.bound(z)) / half_width
+        return codes.to(orig_dtype), self.codes_to_indices(codes.detach())
+
+    # ---- ids <-> codes -----------------------------------------------------------------------------
+    def codes_to_indices(self, codes: torch.Tensor) -> torch.Tensor:
+        """Map codes ``(..., D)`` in [-1, 1] to ids ``(...)`` (long) by the mixed-radix sum."""
+        half_width = (self.levels // 2).to(codes.dtype)
+        digits = torch.round(codes.float() * half_width + half_width).long()  # (..., D) in [0, L)
+        return (digits * self.basis).sum(dim=-1)
+
+    def indices_to_codes(self, ids: torch.Tensor) -> torch.Tensor:
+        """Map ids ``(...)`` (long) to codes ``(..., D)`` (float32) in [-1, 1].
+
+        Raises:
+            ValueError: if any id lies outside ``[0, codebook_size)``.
+        """
+        self.check_ids(ids)
+        digits = (ids.long().unsqueeze(-1) // self.basis) % self.levels  # (..., D)
+        half_width = (self.levels // 2).float()
+        return (digits.float() - half_width) / half_width
+
+    def check_ids(self, ids: torch.Tensor) -> None:
+        """Raise a ValueError naming the offending value if ``ids`` are not valid codebook ids."""
+        if ids.dtype.is_floating_point or ids.dtype == torch.bool:
+            raise ValueError(f"token ids must be an integer tensor, got dtype {ids.dtype}")
+        if ids.numel() == 0:
+            return
+        lo, hi = int(ids.min()), int(ids.max())
+        if lo < 0 or hi >= self.codebook_size:
+            bad = lo if lo < 0 else hi
+            raise ValueError(f"token id {bad} is outside the codebook [0, {self.codebook_size})")
+
+    def random_ids(self, shape: tuple[int, ...], generator: torch.Generator | None = None,
+                   device: torch.device | str = "cpu") -> torch.Tensor:
+        """Uniform random ids of ``shape`` (long), e.g. for latent perturbation."""
+        gen_device = generator.device if generator is not None else "cpu"
+        ids = torch.randint(0, self.codebook_size, shape, generator=generator, device=gen_device)
+        return ids.to(device)
+
+    def extra_repr(self) -> str:
+        return f"levels={self.levels_list}, codebook_size={self.codebook_size}, norm={self.norm!r}"
