@@ -285,6 +285,8 @@ class ShapesConfig:
     size: int = 32
     frames: int = 17
     max_objects: int = 2
+    fps: int = 8  # frame rate written into the mp4 files
+    jitter: float = 0.03  # max random offset of an object from its anchor, as a fraction of the side
     holdout: list[str] = field(
         default_factory=lambda: ["red triangle", "blue circle", "green square", "yellow triangle"]
     )  # colour+shape combinations never seen in the train split
@@ -423,3 +425,39 @@ class LoaderConfig:
 
 
 SCHEMAS["train_text"] = TrainTextConfig
+
+
+# ----------------------------------------------------------------------------------------------------
+# Pretraining (train/pretrain.py)
+# ----------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TokenizerPaths:
+    """Bundles the model was (pre)tokenized with; copied into the release bundle."""
+
+    text: str | None = None  # directory holding text.model (or the .model file)
+    image: str | None = None  # FlexTok bundle directory
+    video: str | None = None  # VideoFlexTok bundle directory
+
+
+@dataclass
+class PretrainConfig:
+    """Top-level schema of ``train/pretrain.py``."""
+
+    out_dir: str = "runs/mm_tiny"
+    seed: int = 0
+    model: ModelConfig = field(default_factory=ModelConfig)
+    vocab: VocabConfig = field(default_factory=VocabConfig)
+    tokenizers: TokenizerPaths = field(default_factory=TokenizerPaths)
+    data: LoaderConfig = field(default_factory=LoaderConfig)
+    eval_data: list[str] = field(default_factory=list)  # shard directories for the periodic eval loss
+    eval_batches: int = 4
+    z_loss: float = 0.0  # weight of mean(logsumexp^2)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+
+SCHEMAS["pretrain"] = PretrainConfig
