@@ -461,3 +461,53 @@ class PretrainConfig:
 
 
 SCHEMAS["pretrain"] = PretrainConfig
+
+
+# ----------------------------------------------------------------------------------------------------
+# FlexTok image tokenizer model (mm1d.tokenization.flextok)
+# ----------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class FlexTokConfig:
+    """FlexTok architecture, training-recipe knobs and inference defaults.
+
+    The latent grid is ``image_size / latent_downsample`` per side, split into ``patch_size`` patches;
+    widths are ``enc_dim`` / ``dec_dim`` with ``head_dim``-wide heads.
+    """
+
+    image_size: int = 32
+    latent: Literal["pixels", "vae"] = "pixels"
+    vae_path: str | None = None  # local diffusers AutoencoderKL directory (latent="vae")
+    vae_sample_posterior: bool = False  # sample the VAE posterior during training (mode otherwise)
+    latent_channels: int = 3  # must match the backend (3 for pixels, the VAE's latent_channels)
+    latent_downsample: int = 1  # must match the backend (1 for pixels, 8 for an f8 VAE)
+    patch_size: int = 4
+    num_registers: int = 32
+    fsq_levels: list[int] = field(default_factory=lambda: [8, 5, 5, 5])
+    quant_norm: Literal["none", "layernorm", "rms", "batch"] = "none"  # normalization before FSQ
+    enc_depth: int = 4
+    enc_dim: int = 128
+    dec_depth: int = 4
+    dec_dim: int = 128
+    head_dim: int = 64
+    mlp_ratio: float = 4.0
+    qk_norm: bool = True
+    register_modulation: bool = True  # separate adaLN modulation for patches and registers
+    register_summary: bool = False  # add a pooled summary of the kept registers to the timestep embedding
+    nested_dropout: Literal["pow2", "uniform", "uniform_pow2", "none"] = "pow2"  # "none": always k = N
+    cond_dropout: float = 0.1  # probability of the learned null condition (CFG) per sample
+    timestep_sampling: Literal["logit_normal", "uniform"] = "logit_normal"
+    ln_mean: float = 0.0
+    ln_std: float = 1.0
+    repa_weight: float = 0.0  # 0 disables REPA
+    repa_layer: int = 1  # decoder block whose output (patch tokens) is aligned
+    repa_extractor: str | None = None  # "random_conv", "hf:<dir>" or "module:factory"
+    repa_dim: int = 0  # teacher feature width
+    aux_recon_weight: float = 0.0  # weight of the direct-reconstruction loss
+    aux_recon_mode: Literal["x0", "zero_noise"] = "x0"  # x0 = x_t - t v, or a t=1 pass on zero input
+    perturb_prob: float = 0.0  # per-sample probability of latent perturbation during training
+    perturb_fraction: float = 0.1  # fraction of a perturbed sample's tokens replaced by random codes
+    decode_steps: int = 20  # inference defaults
+    guidance_scale: float = 1.0
+    apg: bool = True
