@@ -1,0 +1,222 @@
+"""Causal self-attention with document masks, behind one function and one mask object.
+
+A packed row holds several documents one after another; ``doc_ids[b, i]`` names the document of token i.
+Token i may attend to token j only when ``j <= i`` and both lie in the same document. Four kernels
+implement that rule:
+
+- ``causal``: plain causal SDPA (``is_causal=True``), used when a row holds one document (no ``doc_ids``,
+  or every token of every row in one document). It is the fastest path everywhere.
+- ``dense``: SDPA with an explicit boolean mask ``(B, 1, L, S)``. Runs anywhere; the CPU default. The KV
+  cache path uses it too, with a mask built from the cache's valid slots.
+- ``flex``: ``torch.nn.attention.flex_attention`` with a block mask built once per forward from
+  ``doc_ids``; compiled on first use. GPU default when available.
+- ``flash``: ``flash_attn.flash_attn_varlen_func`` over the flattened rows, with one segment per document
+  run (documents must be contiguous runs of equal ids). Used when ``attn_impl="flash"`` is asked for, or by
+  ``auto`` on a GPU without FlexAttention.
+
+``build_attention_mask`` picks the kernel once per forward; ``attend`` runs it in every layer.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+IMPLS = ("auto", "sdpa", "flex", "flash")
+
+
+@functools.cache
+def flex_available() -> bool:
+    """True when ``torch.nn.attention.flex_attention`` imports (torch >= 2.5)."""
+    try:
+        from torch.nn.attention.flex_attention import create_block_mask, flex_attention  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@functools.cache
+def flash_available() -> bool:
+    """True when the ``flash_attn`` package is installed (it needs a CUDA GPU)."""
+    return importlib.util.find_spec("flash_attn") is not None
+
+
+def resolve_impl(impl: str, device: torch.device) -> str:
+    """Map a configured ``attn_impl`` to the kernel that will run on ``device``.
+
+    Args:
+        impl: one of ``auto``, ``sdpa``, ``flex``, ``flash``.
+        device: where the activations live.
+
+    Returns:
+        ``"sdpa"``, ``"flex"`` or ``"flash"``. ``auto`` gives flex, else flash, on CUDA, and sdpa elsewhere.
+
+    Raises:
+        ValueError: unknown name, or a kernel that cannot run here (flash off CUDA or not installed, flex
+            missing from this torch).
+    """
+    if impl not in IMPLS:
+        raise ValueError(f"unknown attn_impl {impl!r}; expected one of {list(IMPLS)}")
+    if impl == "auto":
+        if device.type == "cuda":
+            if flex_available():
+                return "flex"
+            if flash_available():
+                return "flash"
+        return "sdpa"
+    if impl == "flash":
+        if device.type != "cuda":
+            raise ValueError("attn_impl='flash' needs a CUDA device; use 'sdpa' (or 'auto') on CPU")
+        if not flash_available():
+            raise ValueError("attn_impl='flash' needs the flash-attn package; install it or use 'auto'")
+    if impl == "flex" and not flex_available():
+        raise ValueError(f"attn_impl='flex' needs torch >= 2.5 with FlexAttention (this is {torch.__version__})")
+    return impl
+
+
+@dataclass
+class AttentionMask:
+    """Everything the layers need to mask attention, computed once per forward.
+
+    Attributes:
+        kind: ``causal``, ``dense``, ``flex`` or ``flash``.
+        dense: ``(B, 1, L, S)`` bool, True where attention is allowed (``dense`` only).
+        block_mask: a FlexAttention ``BlockMask`` (``flex`` only).
+        cu_seqlens: ``(n_segments + 1,)`` int32 offsets of document runs in the flattened batch (``flash``).
+        max_seqlen: longest document run (``flash``).
+    """
+
+    kind: str
+    dense: torch.Tensor | None = None
+    block_mask: Any = None
+    cu_seqlens: torch.Tensor | None = None
+    max_seqlen: int = 0
+
+
+def dense_doc_causal_mask(doc_ids: torch.Tensor) -> torch.Tensor:
+    """Boolean document-causal mask.
+
+    Args:
+        doc_ids: ``(B, L)`` integer document id of every token.
+
+    Returns:
+        ``(B, 1, L, L)`` bool, True where query i may attend to key j (same document and ``j <= i``).
+    """
+    L = doc_ids.shape[1]
+    same_doc = doc_ids[:, :, None] == doc_ids[:, None, :]  # (B, L, L)
+    causal = torch.ones(L, L, dtype=torch.bool, device=doc_ids.device).tril()
+    return (same_doc & causal).unsqueeze(1)  # (B, 1, L, L)
+
+
+def doc_cu_seqlens(doc_ids: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Offsets of the document runs of a packed batch, flattened row after row (flash-attn varlen layout).
+
+    A new segment starts at every row start and wherever the document id changes.
+
+    Args:
+        doc_ids: ``(B, L)`` integer document ids.
+
+    Returns:
+        ``cu_seqlens`` ``(n_segments + 1,)`` int32 (starts with 0, ends with ``B * L``) and the longest
+        segment's length.
+    """
+    B, L = doc_ids.shape
+    flat = doc_ids.reshape(-1)  # (B*L,)
+    starts = torch.ones_like(flat, dtype=torch.bool)
+    starts[1:] = flat[1:] != flat[:-1]
+    starts[::L] = True
+    idx = torch.nonzero(starts).flatten()
+    end = torch.tensor([B * L], device=doc_ids.device, dtype=idx.dtype)
+    cu = torch.cat([idx, end]).to(torch.int32)
+    return cu, int((cu[1:] - cu[:-1]).max())
+
+
+@functools.cache
+def _compiled_flex() -> Any:
+    from torch.nn.attention.flex_attention import flex_attention
+
+    return torch.compile(flex_attention, dynamic=False)
+
+
+def _flex_block_mask(doc_ids: torch.Tensor) -> Any:
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    B, L = doc_ids.shape
+
+    def doc_causal(b: torch.Tensor, h: torch.Tensor, q_idx: torch.Tensor, kv_idx: torch.Tensor) -> torch.Tensor:
+        return (doc_ids[b, q_idx] == doc_ids[b, kv_idx]) & (q_idx >= kv_idx)
+
+    return create_block_mask(doc_causal, B, None, L, L, device=doc_ids.device, _compile=doc_ids.is_cuda)
+
+
+def build_attention_mask(doc_ids: torch.Tensor | None, impl: str, device: torch.device) -> AttentionMask:
+    """Choose the kernel for a training/prefill forward and precompute its mask.
+
+    Args:
+        doc_ids: ``(B, L)`` integer document ids, or None when every row is one document.
+        impl: configured ``attn_impl`` (``auto``/``sdpa``/``flex``/``flash``).
+        device: the activations' device.
+
+    Returns:
+        The ``AttentionMask`` that every layer passes to ``attend``.
+    """
+    kernel = resolve_impl(impl, device)
+    if doc_ids is None:
+        return AttentionMask("causal")
+    if doc_ids.dim() != 2:
+        raise ValueError(f"doc_ids must be (B, L), got shape {tuple(doc_ids.shape)}")
+    if kernel == "flex":
+        return AttentionMask("flex", block_mask=_flex_block_mask(doc_ids))
+    if kernel == "flash":
+        cu, max_len = doc_cu_seqlens(doc_ids)
+        return AttentionMask("flash", cu_seqlens=cu, max_seqlen=max_len)
+    # SDPA: one document per row needs no mask at all (is_causal is the fast kernel).
+    if bool((doc_ids == doc_ids[:, :1]).all()):
+        return AttentionMask("causal")
+    return AttentionMask("dense", dense=dense_doc_causal_mask(doc_ids))
+
+
+def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
+    """``(B, Hkv, S, hd)`` -> ``(B, Hkv * n_rep, S, hd)``, each KV head repeated for its query group."""
+    if n_rep == 1:
+        return x
+    B, Hkv, S, hd = x.shape
+    return x[:, :, None].expand(B, Hkv, n_rep, S, hd).reshape(B, Hkv * n_rep, S, hd)
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: AttentionMask) -> torch.Tensor:
+    """Scaled dot-product attention under ``mask``, with grouped-query heads.
+
+    Args:
+        q: ``(B, H, L, hd)`` queries (RoPE applied).
+        k: ``(B, Hkv, S, hd)`` keys (RoPE applied); ``H % Hkv == 0``.
+        v: ``(B, Hkv, S, hd)`` values.
+        mask: from ``build_attention_mask`` (or a ``dense`` mask built by the KV cache).
+
+    Returns:
+        ``(B, H, L, hd)`` attention output, same dtype as ``q``.
+    """
+    n_rep = q.shape[1] // k.shape[1]
+    if mask.kind == "causal":
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=n_rep > 1)
+    if mask.kind == "dense":
+        # Masked GQA is not supported by the fused CUDA kernels: repeat the KV heads instead.
+        return F.scaled_dot_product_attention(q, repeat_kv(k, n_rep), repeat_kv(v, n_rep), attn_mask=mask.dense)
+    if mask.kind == "flex":
+        return _compiled_flex()(q, k, v, block_mask=mask.block_mask, enable_gqa=n_rep > 1)
+    if mask.kind == "flash":
+        from flash_attn import flash_attn_varlen_func
+
+        B, H, L, hd = q.shape
+        qf = q.transpose(1, 2).reshape(B * L, H, hd)  # (B*L, H, hd)
+        kf = k.transpose(1, 2).reshape(B * L, k.shape[1], hd)  # (B*L, Hkv, hd)
+        vf = v.transpose(1, 2).reshape(B * L, v.shape[1], hd)  # (B*L, Hkv, hd)
+        cu, m = mask.cu_seqlens, mask.max_seqlen
+        out = flash_attn_varlen_func(qf, kf, vf, cu, cu, m, m, causal=True)  # (B*L, H, hd)
+        return out.reshape(B, L, H, hd).transpose(1, 2)  # (B, H, L, hd)
+    raise ValueError(f"unknown attention mask kind {mask.kind!r}")

@@ -1,0 +1,232 @@
+"""The decoder-only transformer: causality, packing, KV cache, losses, bundles, parameter counts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mm1d.config import ModelConfig, VocabConfig
+from mm1d.modality import Vocab
+from mm1d.model import StaticKVCache, Transformer, load_model_bundle, save_model_bundle
+from mm1d.model.attention import build_attention_mask, dense_doc_causal_mask, doc_cu_seqlens, resolve_impl
+from mm1d.model.bundle import check_state_dict
+from mm1d.model.summary import build_meta, load_model_sections, summarize
+
+V = 97
+REPO = Path(__file__).resolve().parents[1]
+
+
+def tiny(**kw: object) -> ModelConfig:
+    base = dict(d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_hidden=96, max_seq_len=64, rope_theta=1000.0)
+    base.update(kw)
+    return ModelConfig(**base)
+
+
+def make(seed: int = 0, **kw: object) -> Transformer:
+    torch.manual_seed(seed)
+    model = Transformer(tiny(**kw), V).eval()
+    with torch.no_grad():  # non-trivial norm weights so that a missing norm would show
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight"):
+                p.uniform_(0.5, 1.5)
+    return model
+
+
+def close(a: torch.Tensor, b: torch.Tensor, tol: float = 2e-5) -> None:
+    torch.testing.assert_close(a, b, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("qk_norm", [False, True])
+def test_causality_later_token_changes_no_earlier_logit(qk_norm: bool) -> None:
+    model = make(qk_norm=qk_norm)
+    x = torch.randint(0, V, (2, 24))
+    t = 13
+    y = x.clone()
+    y[:, t] = (y[:, t] + 1) % V
+    with torch.no_grad():
+        a, b = model(x), model(y)
+    close(a[:, :t], b[:, :t], 1e-6)
+    assert (a[:, t:] - b[:, t:]).abs().max() > 1e-3  # the change is visible from t on
+
+
+def test_packed_rows_equal_documents_run_one_by_one() -> None:
+    model = make(qk_norm=True)
+    lengths = [[7, 11, 5], [20, 3]]
+    docs = [[torch.randint(0, V, (1, n)) for n in row] for row in lengths]
+    ids = torch.cat([torch.cat(row, 1) for row in docs])  # (2, 23)
+    doc_ids = torch.tensor([[i for i, n in enumerate(row) for _ in range(n)] for row in lengths])
+    positions = torch.tensor([[p for n in row for p in range(n)] for row in lengths])
+    with torch.no_grad():
+        packed = model(ids, positions, doc_ids)
+        for r, row in enumerate(docs):
+            start = 0
+            for d in row:
+                alone = model(d)
+                close(packed[r : r + 1, start : start + d.shape[1]], alone)
+                start += d.shape[1]
+
+
+def test_no_cross_document_attention() -> None:
+    model = make()
+    ids = torch.randint(0, V, (1, 20))
+    doc_ids = torch.tensor([[0] * 8 + [1] * 12])
+    positions = torch.tensor([list(range(8)) + list(range(12))])
+    changed = ids.clone()
+    changed[0, :8] = (changed[0, :8] + 5) % V  # rewrite all of document 0
+    with torch.no_grad():
+        a = model(ids, positions, doc_ids)
+        b = model(changed, positions, doc_ids)
+    close(a[:, 8:], b[:, 8:], 1e-6)  # document 1 cannot see document 0
+    assert (a[:, :8] - b[:, :8]).abs().max() > 1e-3
+    mask = dense_doc_causal_mask(doc_ids)[0, 0]
+    assert not mask[8:, :8].any() and mask[8:, 8:].equal(torch.ones(12, 12, dtype=torch.bool).tril())
+
+
+def test_attention_mask_choice_and_flash_segments() -> None:
+    cpu = torch.device("cpu")
+    assert resolve_impl("auto", cpu) == "sdpa"
+    with pytest.raises(ValueError, match="CUDA"):
+        resolve_impl("flash", cpu)
+    with pytest.raises(ValueError, match="unknown attn_impl"):
+        resolve_impl("xformers", cpu)
+    assert build_attention_mask(None, "auto", cpu).kind == "causal"
+    assert build_attention_mask(torch.zeros(2, 5, dtype=torch.long), "auto", cpu).kind == "causal"
+    assert build_attention_mask(torch.tensor([[0, 0, 1]]), "sdpa", cpu).kind == "dense"
+    cu, longest = doc_cu_seqlens(torch.tensor([[0, 0, 1, 1, 1], [0, 0, 0, 0, 0], [3, 4, 4, 5, 5]]))
+    assert cu.tolist() == [0, 2, 5, 10, 11, 13, 15] and longest == 5
+
+
+def test_gradient_checkpointing_gives_same_gradients() -> None:
+    x = torch.randint(0, V, (2, 16))
+    grads = []
+    for ckpt in (False, True):
+        model = make(qk_norm=True).train()
+        model.gradient_checkpointing = ckpt
+        doc_ids = torch.tensor([[0] * 6 + [1] * 10, [0] * 16])
+        F.cross_entropy(model(x, doc_ids=doc_ids).flatten(0, 1), x.flatten()).backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+    close(grads[0], grads[1], 1e-6)
+
+
+def test_token_losses_match_full_logits_and_gradients() -> None:
+    x = torch.randint(0, V, (2, 16))
+    targets = torch.randint(0, V, (2, 16))
+    targets[0, :3] = -100
+    ref_model, model = make(), make()
+    logits = ref_model(x)
+    ref_ce = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none").view(2, 16)
+    ref_lse = torch.logsumexp(logits, -1)
+    (ref_ce.sum() + 1e-2 * ref_lse.pow(2).sum()).backward()
+    h = model(x, return_hidden=True)
+    ce, lse = model.token_losses(h, targets, chunk_tokens=5)  # several chunks, a ragged last one
+    (ce.sum() + 1e-2 * lse.pow(2).sum()).backward()
+    close(ce, ref_ce.detach())
+    close(lse, ref_lse.detach())
+    assert (ce[0, :3] == 0).all()
+    for p, q in zip(model.parameters(), ref_model.parameters()):
+        close(p.grad, q.grad, 1e-5)
+    ce2, _ = model(x, targets=targets)  # the forward(targets=...) route gives the same numbers
+    close(ce2, ce.detach())
+
+
+@pytest.mark.parametrize("qk_norm", [False, True])
+def test_cached_decoding_equals_full_recomputation(qk_norm: bool) -> None:
+    model = make(qk_norm=qk_norm)
+    prompts = [torch.randint(0, V, (7,)), torch.randint(0, V, (4,))]
+    steps = 5
+    width = max(len(p) for p in prompts)
+    ids = torch.zeros(2, width, dtype=torch.long)
+    token_mask = torch.zeros(2, width, dtype=torch.bool)
+    for r, p in enumerate(prompts):  # left-pad the shorter prompt
+        ids[r, width - len(p) :] = p
+        token_mask[r, width - len(p) :] = True
+    cache = model.new_kv_cache(2, width + steps)
+    seqs = [p.clone() for p in prompts]
+    with torch.no_grad():
+        logits = model(ids, kv_cache=cache, token_mask=token_mask)
+        for r, p in enumerate(prompts):
+            close(logits[r, width - len(p) :], model(p[None])[0])
+        for _ in range(steps):
+            nxt = logits[:, -1].argmax(-1)  # (2,)
+            seqs = [torch.cat([s, nxt[r : r + 1]]) for r, s in enumerate(seqs)]
+            logits = model(nxt[:, None], kv_cache=cache)
+            for r, s in enumerate(seqs):
+                close(logits[r, -1], model(s[None])[0, -1])
+    assert cache.length == width + steps
+    assert cache.next_pos.tolist() == [len(s) for s in seqs]
+    with pytest.raises(ValueError, match="KV cache full"):
+        model(nxt[:, None], kv_cache=cache)
+
+
+def test_chunked_prefill_equals_one_prefill() -> None:
+    model = make(n_kv_heads=1)  # multi-query: 4 query heads share one KV head
+    x = torch.randint(0, V, (1, 12))
+    cache = StaticKVCache.for_model(model, 1, 16)
+    with torch.no_grad():
+        a = model(x[:, :5], kv_cache=cache)
+        b = model(x[:, 5:], kv_cache=cache)
+        full = model(x)
+    close(torch.cat([a, b], 1), full)
+
+
+def test_bundle_round_trip_and_shape_errors(tmp_path: Path) -> None:
+    for tie in (False, True):
+        model = make(tie_embeddings=tie)
+        out = save_model_bundle(model, model.config, tmp_path / f"b{tie}", extra={"vocab": {"text_size": 5}})
+        loaded = load_model_bundle(out)
+        x = torch.randint(0, V, (1, 9))
+        with torch.no_grad():
+            close(loaded(x), model(x), 0.0)
+        assert (loaded.lm_head.weight is loaded.model.embed_tokens.weight) == tie
+    other = Transformer(tiny(d_model=32), V)
+    with pytest.raises(ValueError, match="does not match this model shape"):
+        check_state_dict(other, make().state_dict())
+    with pytest.raises(FileNotFoundError, match="no model bundle"):
+        load_model_bundle(tmp_path / "missing")
+    with pytest.raises(ValueError, match="reserved"):
+        save_model_bundle(make(), tiny(), tmp_path / "x", extra={"model": 1})
+
+
+def test_config_errors() -> None:
+    with pytest.raises(ValueError, match="multiple of model.n_kv_heads"):
+        Transformer(tiny(n_kv_heads=3), V)
+    with pytest.raises(ValueError, match="max_seq_len"):
+        make()(torch.zeros(1, 65, dtype=torch.long))
+
+
+def _expected_counts(cfg: ModelConfig, vocab: int) -> tuple[int, int]:
+    hd = cfg.head_dim or cfg.d_model // cfg.n_heads
+    attn = cfg.d_model * hd * (2 * cfg.n_heads + 2 * cfg.n_kv_heads) + (2 * hd if cfg.qk_norm else 0)
+    layer = attn + 3 * cfg.d_model * cfg.ffn_hidden + 2 * cfg.d_model
+    non_emb = cfg.n_layers * layer + cfg.d_model
+    emb = vocab * cfg.d_model
+    return non_emb, non_emb + emb * (1 if cfg.tie_embeddings else 2)
+
+
+@pytest.mark.parametrize("tie,qk", [(False, False), (True, True)])
+def test_meta_summary_counts_match_closed_form(tie: bool, qk: bool) -> None:
+    cfg = ModelConfig(d_model=256, n_layers=6, n_heads=8, n_kv_heads=4, ffn_hidden=704, qk_norm=qk, tie_embeddings=tie)
+    vcfg = VocabConfig()
+    vocab = Vocab.from_config(vcfg).size
+    model = build_meta(cfg, vocab)
+    assert next(model.parameters()).device.type == "meta"
+    s = summarize(cfg, vcfg)
+    non_emb, total = _expected_counts(cfg, vocab)
+    assert (s["non_embedding"], s["total"], s["vocab_size"]) == (non_emb, total, vocab)
+
+
+@pytest.mark.parametrize("name,target", [("mm_350m", 350e6), ("mm_1b", 1e9)])
+def test_release_configs_are_within_five_percent_of_their_name(name: str, target: float) -> None:
+    cfg, vcfg = load_model_sections(REPO / "configs" / f"{name}.yaml")
+    s = summarize(cfg, vcfg)
+    assert abs(s["total"] / target - 1) < 0.05, s
+
+
+def test_mm_3b_has_the_issue_shape() -> None:
+    cfg, vcfg = load_model_sections(REPO / "configs" / "mm_3b.yaml", ["model.max_seq_len=4096"])
+    assert (cfg.d_model, cfg.n_layers, cfg.n_heads, cfg.n_kv_heads, cfg.ffn_hidden) == (3072, 28, 24, 8, 8192)
+    assert cfg.qk_norm and cfg.rope_theta == 1e6 and cfg.max_seq_len == 4096
+    assert summarize(cfg, vcfg)["total"] == _expected_counts(cfg, Vocab.from_config(vcfg).size)[1]
