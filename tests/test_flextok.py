@@ -1,0 +1,264 @@
+"""FlexTok: prefix invariance, nested dropout, decoding determinism and parity, bundles, errors, VAE."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from mm1d.config import FlexTokConfig
+from mm1d.tokenization.flextok import FlexTok, nested_dropout_mask, parameter_report, sample_keep_k
+from mm1d.tokenization.repa import RandomConvFeatures
+
+
+def tiny_cfg(**kw: object) -> FlexTokConfig:
+    base = dict(
+        image_size=16, patch_size=4, num_registers=8, fsq_levels=[8, 5, 5, 5], enc_depth=2, enc_dim=32,
+        dec_depth=2, dec_dim=32, head_dim=16, decode_steps=3,
+    )
+    base.update(kw)
+    return FlexTokConfig(**base)  # type: ignore[arg-type]
+
+
+def make_model(seed: int = 0, **kw: object) -> FlexTok:
+    torch.manual_seed(seed)
+    model = FlexTok(tiny_cfg(**kw))
+    # non-zero adaLN / head so the decoder output depends on its inputs (zero-init would hide bugs)
+    with torch.no_grad():
+        for name, prm in model.named_parameters():
+            if "modulation" in name or "dec_final.linear" in name:
+                prm.normal_(0, 0.05)
+    return model.eval()
+
+
+def images(b: int = 3, seed: int = 0, size: int = 16) -> torch.Tensor:
+    return torch.rand(b, 3, size, size, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+
+
+@pytest.mark.parametrize("quant_norm", ["none", "layernorm", "batch"])
+def test_prefix_invariance(quant_norm: str) -> None:
+    model = make_model(quant_norm=quant_norm)
+    x = images(3)
+    full = model.tokenize(x)
+    assert full.shape == (3, 8) and full.dtype == torch.long
+    assert full.min() >= 0 and full.max() < model.codebook_size
+    for k in (1, 2, 5, 8):
+        assert torch.equal(model.tokenize(x, k=k), full[:, :k])
+    z_full = model.encode_registers(x)
+    z_3 = model.encode_registers(x, 3)
+    assert z_3.shape == (3, 3, 4)
+    assert torch.allclose(z_3, z_full[:, :3], atol=1e-5)
+
+
+def test_nested_dropout_mask_and_sampling() -> None:
+    keep = torch.tensor([1, 3, 8])
+    m = nested_dropout_mask(keep, 8)
+    for i, k in enumerate(keep.tolist()):
+        assert not m[i, :k].any() and m[i, k:].all()
+    gen = torch.Generator().manual_seed(0)
+    assert set(sample_keep_k(500, 8, "pow2", gen).tolist()) == {1, 2, 4, 8}
+    assert set(sample_keep_k(500, 12, "pow2", gen).tolist()) == {1, 2, 4, 8, 12}
+    assert set(sample_keep_k(500, 8, "uniform", gen).tolist()) == set(range(1, 9))
+    assert set(sample_keep_k(500, 8, "uniform_pow2", gen).tolist()) == {1, 2, 4, 8}
+    assert set(sample_keep_k(10, 8, "none", gen).tolist()) == {8}
+    with pytest.raises(ValueError, match="nested dropout"):
+        sample_keep_k(2, 8, "bogus")
+    # in the decoder, exactly the positions >= k carry the mask token; null rows carry the null condition
+    model = make_model()
+    codes = model.fsq.indices_to_codes(torch.randint(0, 1000, (3, 8)))
+    reg = model.register_inputs(codes, keep, torch.tensor([False, False, True]))
+    is_mask = torch.isclose(reg, model.mask_token.expand_as(reg)).all(-1)
+    assert torch.equal(is_mask[:2], m[:2])
+    assert torch.isclose(reg[2], model.null_cond.expand(8, -1)).all()
+
+
+def test_detokenize_deterministic_and_guidance() -> None:
+    model = make_model()
+    ids = model.tokenize(images(2), k=4)
+    a = model.detokenize(ids, steps=3, seed=7)
+    b = model.detokenize(ids, steps=3, seed=7)
+    assert a.shape == (2, 3, 16, 16) and a.min() >= -1 and a.max() <= 1
+    assert torch.equal(a, b)
+    assert not torch.equal(a, model.detokenize(ids, steps=3, seed=8))
+    # guidance at scale 1 (CFG or APG) equals the conditional decode; scale > 1 changes the result
+    g1 = model.detokenize(ids, steps=3, seed=7, guidance_scale=1.0, apg=True)
+    c1 = model.detokenize(ids, steps=3, seed=7, guidance_scale=1.0, apg=False)
+    assert torch.equal(g1, c1)
+    g3 = model.detokenize(ids, steps=3, seed=7, guidance_scale=3.0, apg=True)
+    assert not torch.allclose(g3, g1)
+    # zero-noise decoding ignores the seed
+    z1 = model.detokenize(ids, steps=1, seed=1, zero_noise=True)
+    assert torch.equal(z1, model.detokenize(ids, steps=1, seed=2, zero_noise=True))
+
+
+def test_ragged_batch_equals_one_at_a_time() -> None:
+    model = make_model()
+    full = model.tokenize(images(3))
+    ragged = [full[0, :1], full[1, :4], full[2, :8]]
+    for scale, apg in ((1.0, False), (2.5, True)):
+        batch = model.detokenize(ragged, steps=3, guidance_scale=scale, apg=apg, seed=11)
+        for i, r in enumerate(ragged):
+            alone = model.detokenize([r], steps=3, guidance_scale=scale, apg=apg, seed=11 + i)
+            assert torch.allclose(batch[i : i + 1], alone, atol=1e-5)
+    # the tensor and list forms agree; so do explicit per-sample seeds
+    t = model.detokenize(full[:, :4], steps=2, seed=3)
+    lst = model.detokenize(list(full[:, :4]), steps=2, seed=[3, 4, 5])
+    assert torch.allclose(t, lst, atol=1e-6)
+
+
+def test_save_and_load_round_trip(tmp_path: Path) -> None:
+    model = make_model(quant_norm="batch", register_summary=True)
+    model.train()
+    model.training_loss(images(4))  # moves the FSQ running statistics away from their init
+    model.eval()
+    x = images(2, seed=5)
+    ids = model.tokenize(x)
+    pix = model.detokenize(ids[:, :4], steps=2, seed=0)
+    model.save_pretrained(tmp_path / "bundle")
+    meta = json.loads((tmp_path / "bundle" / "config.json").read_text())
+    assert meta["config"]["num_registers"] == 8
+    loaded = FlexTok.from_pretrained(tmp_path / "bundle")
+    assert not loaded.training
+    assert torch.equal(loaded.tokenize(x), ids)
+    assert torch.equal(loaded.detokenize(ids[:, :4], steps=2, seed=0), pix)
+    assert not list(tmp_path.glob("bundle/.*.tmp"))
+    with pytest.raises(FileNotFoundError, match="model.safetensors"):
+        (tmp_path / "bundle" / "model.safetensors").unlink()
+        FlexTok.from_pretrained(tmp_path / "bundle")
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        FlexTok.from_pretrained(tmp_path / "nowhere")
+
+
+def test_bad_inputs() -> None:
+    model = make_model()
+    with pytest.raises(ValueError, match="3 channels"):
+        model.tokenize(torch.zeros(1, 4, 16, 16))
+    with pytest.raises(ValueError, match="16x16"):
+        model.tokenize(torch.zeros(1, 3, 32, 32))
+    with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
+        model.tokenize(torch.zeros(3, 16, 16))
+    with pytest.raises(ValueError, match=r"\[-1, 1\]"):
+        model.tokenize(torch.full((1, 3, 16, 16), 255.0))
+    x = images(1)
+    for k in (0, 9, -1):
+        with pytest.raises(ValueError, match="k must be"):
+            model.tokenize(x, k=k)
+    with pytest.raises(ValueError, match="outside the codebook"):
+        model.detokenize(torch.tensor([[0, 1000]]), steps=1)
+    with pytest.raises(ValueError, match="outside the codebook"):
+        model.detokenize([torch.tensor([-3])], steps=1)
+    with pytest.raises(ValueError, match="1 to 8 tokens"):
+        model.detokenize(torch.zeros(1, 9, dtype=torch.long), steps=1)
+    with pytest.raises(ValueError, match="1 to 8 tokens"):
+        model.detokenize([torch.zeros(0, dtype=torch.long)], steps=1)
+    with pytest.raises(ValueError, match="integer"):
+        model.detokenize(torch.zeros(1, 2), steps=1)
+    with pytest.raises(ValueError, match="invalid FlexTok config"):
+        FlexTok(tiny_cfg(patch_size=3))
+    with pytest.raises(ValueError, match="repa_dim"):
+        FlexTok(tiny_cfg(repa_weight=1.0))
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {},
+        {"nested_dropout": "none", "quant_norm": "rms", "timestep_sampling": "uniform"},
+        {"aux_recon_weight": 1.0, "aux_recon_mode": "zero_noise", "register_summary": True},
+        {"aux_recon_weight": 0.5, "aux_recon_mode": "x0", "perturb_prob": 1.0, "perturb_fraction": 0.5},
+        {"repa_weight": 0.5, "repa_dim": 24, "repa_extractor": "random_conv", "repa_layer": 0},
+    ],
+)
+def test_training_loss_backward_and_reproducible(kw: dict) -> None:
+    model = make_model(**kw)
+    model.train()
+    x = images(4)
+    loss, metrics = model.training_loss(x, generator=torch.Generator().manual_seed(0))
+    assert loss.dim() == 0 and torch.isfinite(loss)
+    assert metrics["loss"] == pytest.approx(float(loss.detach()))
+    assert 1 <= metrics["keep_k"] <= 8 and metrics["codes_used"] >= 1
+    if kw.get("nested_dropout") == "none":
+        assert metrics["keep_k"] == 8
+    for key in ("aux", "repa"):
+        assert (key in metrics) == (f"{key}_weight" in kw or f"{key}_recon_weight" in kw)
+    loss.backward()
+    assert model.enc_registers.grad is not None and model.enc_registers.grad.abs().sum() > 0
+    assert model.dec_patch.weight.grad.abs().sum() > 0
+    if "repa_weight" in kw:
+        assert model.repa_proj[0].weight.grad.abs().sum() > 0
+    if kw.get("quant_norm") != "batch":
+        again, _ = model.training_loss(x, generator=torch.Generator().manual_seed(0))
+        assert torch.allclose(again, loss)
+
+
+def test_repa_custom_teacher_and_latent_perturbation_changes_codes() -> None:
+    model = make_model(repa_weight=1.0, repa_dim=8)
+    model.set_repa_teacher(RandomConvFeatures(8))  # (B, 8, 4, 4) map, resized to the 4x4 patch grid
+    model.train()
+    loss, metrics = model.training_loss(images(2))
+    assert 0 <= metrics["repa"] <= 2
+    # perturbation: with prob 1 and fraction 1 every code is random, so the loss no longer sees the encoder
+    pert = make_model(perturb_prob=1.0, perturb_fraction=1.0)
+    pert.train()
+    loss, _ = pert.training_loss(images(2))
+    loss.backward()
+    assert pert.enc_registers.grad is None or pert.enc_registers.grad.abs().sum() == 0
+
+
+def test_vae_backend(tmp_path: Path) -> None:
+    diffusers = pytest.importorskip("diffusers")
+    torch.manual_seed(0)
+    vae = diffusers.AutoencoderKL(
+        in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 8), layers_per_block=1,
+        latent_channels=4, norm_num_groups=4, sample_size=16, scaling_factor=0.5, shift_factor=0.1,
+    )
+    vae.save_pretrained(tmp_path / "vae")
+    cfg = tiny_cfg(latent="vae", vae_path=str(tmp_path / "vae"), latent_channels=4, latent_downsample=2,
+                   patch_size=2)
+    torch.manual_seed(0)
+    model = FlexTok(cfg).eval()
+    assert model.latent.scaling_factor == 0.5 and model.latent.shift_factor == 0.1
+    assert not any(k.startswith("latent") for k in model.state_dict())
+    x = images(2)
+    lat = model.latent.encode(x)
+    assert lat.shape == (2, 4, 8, 8)
+    ids = model.tokenize(x)
+    assert torch.equal(model.tokenize(x, k=3), ids[:, :3])
+    out = model.detokenize(ids, steps=2, seed=0)
+    assert out.shape == (2, 3, 16, 16)
+    model.train()
+    loss, _ = model.training_loss(x)
+    loss.backward()
+    assert all(p.grad is None for p in model.latent.vae.parameters())
+    model.eval()
+    model.save_pretrained(tmp_path / "bundle")
+    assert (tmp_path / "bundle" / "vae" / "config.json").is_file()
+    loaded = FlexTok.from_pretrained(tmp_path / "bundle")
+    assert torch.equal(loaded.tokenize(x), ids)
+    assert torch.equal(loaded.detokenize(ids, steps=2, seed=0), out)
+    with pytest.raises(ValueError, match="latent_channels"):
+        FlexTok(tiny_cfg(latent="vae", vae_path=str(tmp_path / "vae"), latent_channels=16, latent_downsample=2))
+    with pytest.raises(FileNotFoundError, match="VAE directory"):
+        FlexTok(tiny_cfg(latent="vae", vae_path=str(tmp_path / "missing"), latent_channels=4, latent_downsample=2))
+    with pytest.raises(ValueError, match="vae_path"):
+        FlexTok(tiny_cfg(latent="vae", latent_channels=4, latent_downsample=2))
+
+
+def test_d18_d28_parameter_count() -> None:
+    from mm1d.config import load_config
+
+    path = Path(__file__).resolve().parents[1] / "configs" / "tokenizer" / "flextok_d18_d28.yaml"
+    from dataclasses import dataclass, field
+
+    @dataclass
+    class Wrapper:
+        model: FlexTokConfig = field(default_factory=FlexTokConfig)
+
+    cfg = load_config(path, [], Wrapper).model
+    counts = parameter_report(cfg)
+    # 12 d^2 per block: encoder 18 x 1152, decoder 28 x 1792 -> about 1.37B without adaLN
+    assert 1.30e9 < counts["total_without_adaln"] < 1.45e9
+    assert counts["decoder_adaln"] > 0.9 * 28 * 12 * 1792**2
