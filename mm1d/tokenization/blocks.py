@@ -237,16 +237,24 @@ class Block(nn.Module):
 
 
 def _modulation(
-    linear: nn.Linear, cond: torch.Tensor, chunks: int, groups: torch.Tensor | None, num_groups: int
+    linear: nn.Linear,
+    cond: torch.Tensor,
+    chunks: int,
+    groups: torch.Tensor | None,
+    num_groups: int,
+    cond_index: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Compute adaLN parameters per token.
 
     Args:
         linear: maps D -> ``num_groups * chunks * D``.
-        cond: ``(B, D)`` (one vector per sample) or ``(B, L, D)`` (one per token).
+        cond: ``(B, D)`` (one vector per sample), ``(B, L, D)`` (one per token), or ``(B, S, D)`` (one
+            per segment, with ``cond_index``).
         chunks: parameters per group (6 for a block, 2 for the final layer).
         groups: long ``(L,)`` group id per token (needed when ``num_groups > 1``).
         num_groups: G.
+        cond_index: optional long ``(L,)``: the segment ``[0, S)`` whose conditioning vector each token
+            uses (e.g. its time step), so the modulation is computed once per segment, not per token.
 
     Returns:
         ``(B, L or 1, chunks, D)``.
@@ -255,6 +263,13 @@ def _modulation(
         cond = cond[:, None]  # (B, 1, D)
     b, lc, d = cond.shape
     mod = linear(F.silu(cond)).view(b, lc, num_groups, chunks, d)  # (B, Lc, G, C, D)
+    if cond_index is not None:
+        slot = cond_index.to(mod.device) * num_groups  # (L,) row of the flattened (Lc * G) table
+        if num_groups > 1:
+            if groups is None:
+                raise ValueError("per-group modulation needs the group id of every token")
+            slot = slot + groups.to(mod.device)
+        return mod.reshape(b, lc * num_groups, chunks, d).index_select(1, slot)  # (B, L, C, D)
     if num_groups == 1:
         return mod[:, :, 0]
     if groups is None:
@@ -294,19 +309,22 @@ class AdaLNBlock(nn.Module):
         cond: torch.Tensor,
         groups: torch.Tensor | None = None,
         mask: torch.Tensor | None = None,
+        cond_index: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Apply the block.
 
         Args:
             x: ``(B, L, D)``.
-            cond: ``(B, D)`` or ``(B, L, D)`` conditioning (e.g. timestep embedding).
+            cond: ``(B, D)`` or ``(B, L, D)`` conditioning (e.g. timestep embedding), or ``(B, S, D)``
+                per segment together with ``cond_index``.
             groups: long ``(L,)`` sub-sequence id per token in ``[0, num_groups)``.
             mask: as in :class:`Attention`.
+            cond_index: optional long ``(L,)`` segment of each token (see :func:`_modulation`).
 
         Returns:
             ``(B, L, D)``.
         """
-        mod = _modulation(self.modulation, cond, 6, groups, self.num_groups)  # (B, L|1, 6, D)
+        mod = _modulation(self.modulation, cond, 6, groups, self.num_groups, cond_index)  # (B, L|1, 6, D)
         shift1, scale1, gate1, shift2, scale2, gate2 = mod.unbind(2)
         h = layer_norm_fp32(x) * (1 + scale1) + shift1
         x = x + gate1 * self.attn(h, mask)
@@ -326,9 +344,16 @@ class AdaLNFinal(nn.Module):
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
 
-    def forward(self, x: torch.Tensor, cond: torch.Tensor, groups: torch.Tensor | None = None) -> torch.Tensor:
-        """x ``(B, L, D)``, cond ``(B, D)`` or ``(B, L, D)``, groups ``(L,)`` -> ``(B, L, out_dim)``."""
-        shift, scale = _modulation(self.modulation, cond, 2, groups, self.num_groups).unbind(2)
+    def forward(
+        self,
+        x: torch.Tensor,
+        cond: torch.Tensor,
+        groups: torch.Tensor | None = None,
+        cond_index: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """x ``(B, L, D)``, cond ``(B, D)``/``(B, L, D)`` (or ``(B, S, D)`` with ``cond_index (L,)``),
+        groups ``(L,)`` -> ``(B, L, out_dim)``."""
+        shift, scale = _modulation(self.modulation, cond, 2, groups, self.num_groups, cond_index).unbind(2)
         return self.linear(layer_norm_fp32(x) * (1 + scale) + shift)
 
 
