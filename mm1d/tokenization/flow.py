@@ -90,6 +90,7 @@ def euler_sample(
     x1: torch.Tensor,
     steps: int,
     progress: bool = False,
+    post_step: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Integrate the flow from ``t = 1`` (noise ``x1``) to ``t = 0`` with ``steps`` Euler steps.
 
@@ -98,6 +99,8 @@ def euler_sample(
         x1: starting noise ``(B, ...)``.
         steps: number of Euler steps (>= 1); the grid is uniform, ``t_i = 1 - i / steps``.
         progress: show a tqdm bar.
+        post_step: optional ``x (B, ...) -> x`` applied after every step, e.g. to write known clean
+            values (prefix conditioning) back into the state.
 
     Returns:
         the sample at ``t = 0``, shape ``(B, ...)``.
@@ -110,6 +113,8 @@ def euler_sample(
         t = torch.full((x.shape[0],), ts[i], device=x.device, dtype=torch.float32)
         v = velocity_fn(x, t)
         x = x - (ts[i] - ts[i + 1]) * v
+        if post_step is not None:
+            x = post_step(x)
     return x
 
 
