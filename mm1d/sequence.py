@@ -34,6 +34,7 @@ time step for video.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -60,6 +61,33 @@ class UnknownTaskError(ValueError):
 
 class SequenceFormatError(ValueError):
     """A token sequence that does not follow the formats of ``mm1d.sequence``."""
+
+
+@functools.lru_cache(maxsize=32)
+def _special_ids(vocab: Vocab) -> dict[str, int]:
+    """Name -> global id of every special token (``Vocab.special`` rebuilds its name list per call)."""
+    return {name: vocab.special_offset + i for i, name in enumerate(vocab.special_names)}
+
+
+@functools.lru_cache(maxsize=32)
+def _ranges(vocab: Vocab) -> dict[str, tuple[int, int]]:
+    return {m: vocab.range(m) for m in ("text", "image", "video")}
+
+
+def _sp(vocab: Vocab, name: str) -> int:
+    return _special_ids(vocab)[name]
+
+
+def _budget_id(vocab: Vocab, k: int) -> int:
+    if not 1 <= k <= vocab.max_budget:
+        vocab.budget_token(k)  # raises the registry's error for a budget outside [1, max_budget]
+    return _special_ids(vocab)["<k_1>"] + k - 1
+
+
+def _length_id(vocab: Vocab, t: int) -> int:
+    if not 1 <= t <= vocab.max_time_steps:
+        vocab.length_token(t)  # raises the registry's error for a length outside [1, max_time_steps]
+    return _special_ids(vocab)["<nt_1>"] + t - 1
 
 
 def check_task(task: str) -> str:
@@ -175,7 +203,7 @@ class Document:
 
 def _local(vocab: Vocab, modality: str, x: np.ndarray, what: str) -> np.ndarray:
     """Check local ids of ``modality`` and return them as global int64 ids."""
-    start, end = vocab.range(modality)
+    start, end = _ranges(vocab)[modality]
     x = np.asarray(x)
     if x.dtype.kind not in "iu":
         raise ValueError(f"{what} must hold integer ids, got dtype {x.dtype}")
@@ -219,27 +247,27 @@ def _image_span(b: _Builder, vocab: Vocab, codes: np.ndarray, auto: bool, prompt
     if codes.ndim != 1:
         raise ValueError(f"image codes must have shape (k,), got {codes.shape}")
     k = int(codes.shape[0])
-    head = [vocab.special("<boi>")] + ([vocab.special("<kauto>")] if auto else []) + [vocab.budget_token(k)]
+    head = [_sp(vocab, "<boi>")] + ([_sp(vocab, "<kauto>")] if auto else []) + [_budget_id(vocab, k)]
     b.add(head, MOD_TEXT, prompt)
     b.add(_local(vocab, "image", codes, "image codes"), MOD_IMAGE, prompt)
-    b.add([vocab.special("<eoi>")], MOD_TEXT, prompt)
+    b.add([_sp(vocab, "<eoi>")], MOD_TEXT, prompt)
 
 
 def _video_span(b: _Builder, vocab: Vocab, codes: np.ndarray, auto: bool, prompt: bool) -> None:
     if codes.ndim != 2:
         raise ValueError(f"video codes must have shape (T, k), got {codes.shape}")
     t, k = (int(s) for s in codes.shape)
-    head = [vocab.special("<bov>"), vocab.length_token(t)]
-    head += ([vocab.special("<kauto>")] if auto else []) + [vocab.budget_token(k)]
+    head = [_sp(vocab, "<bov>"), _length_id(vocab, t)]
+    head += ([_sp(vocab, "<kauto>")] if auto else []) + [_budget_id(vocab, k)]
     b.add(head, MOD_TEXT, prompt)
     body = np.empty((t, k + 1), dtype=np.int64)  # (T, k codes + <eot>)
     body[:, :k] = _local(vocab, "video", codes, "video codes")
-    body[:, k] = vocab.special("<eot>")
+    body[:, k] = _sp(vocab, "<eot>")
     mod = np.full((t, k + 1), MOD_VIDEO, dtype=np.int8)
     mod[:, k] = MOD_TEXT
     b.add(body.reshape(-1), MOD_VIDEO, prompt)  # (T * (k + 1),)
     b.mod[-1] = mod.reshape(-1)  # <eot> counts as a special token
-    b.add([vocab.special("<eov>")], MOD_TEXT, prompt)
+    b.add([_sp(vocab, "<eov>")], MOD_TEXT, prompt)
 
 
 def build_document(sample: SequenceSample, vocab: Vocab) -> Document:
@@ -276,28 +304,28 @@ def build_document(sample: SequenceSample, vocab: Vocab) -> Document:
     codes = None if sample.codes is None else np.asarray(sample.codes)
 
     b = _Builder()
-    b.add([vocab.special("<bos>")], MOD_TEXT, False)
+    b.add([_sp(vocab, "<bos>")], MOD_TEXT, False)
     gen = task in GENERATION_TASKS
     if gen and cap is not None:
         b.add(_local(vocab, "text", cap, "caption"), MOD_TEXT, True)
     if task == "ti2v":
-        b.add([vocab.special("<bocf>")], MOD_TEXT, True)
+        b.add([_sp(vocab, "<bocf>")], MOD_TEXT, True)
         if sample.cond is None:
-            b.add([vocab.special("<nocond>")], MOD_TEXT, True)
+            b.add([_sp(vocab, "<nocond>")], MOD_TEXT, True)
         else:
             cond = np.asarray(sample.cond)
             if cond.ndim != 1:
                 raise ValueError(f"condition codes must have shape (c,), got {cond.shape}")
-            b.add([vocab.budget_token(int(cond.shape[0]))], MOD_TEXT, True)
+            b.add([_budget_id(vocab, int(cond.shape[0]))], MOD_TEXT, True)
             b.add(_local(vocab, "image", cond, "condition codes"), MOD_IMAGE, True)
-        b.add([vocab.special("<eocf>")], MOD_TEXT, True)
+        b.add([_sp(vocab, "<eocf>")], MOD_TEXT, True)
     if task in IMAGE_TASKS:
         _image_span(b, vocab, codes, sample.auto, prompt=not gen)
     elif task in VIDEO_TASKS:
         _video_span(b, vocab, codes, sample.auto, prompt=not gen)
     if not gen:
         b.add(_local(vocab, "text", cap, "caption" if task != "text" else "text"), MOD_TEXT, False)
-    b.add([vocab.special("<eos>")], MOD_TEXT, False)
+    b.add([_sp(vocab, "<eos>")], MOD_TEXT, False)
     return b.finish(task)
 
 
@@ -321,11 +349,11 @@ class _Reader:
         return v
 
     def is_special(self, name: str) -> bool:
-        return self.pos < len(self.ids) and int(self.ids[self.pos]) == self.vocab.special(name)
+        return self.pos < len(self.ids) and int(self.ids[self.pos]) == _sp(self.vocab, name)
 
     def expect(self, name: str) -> None:
         got = self.next()
-        if got != self.vocab.special(name):
+        if got != _sp(self.vocab, name):
             raise SequenceFormatError(f"expected {name} at position {self.pos - 1}, got {self._name(got)}")
 
     def _name(self, gid: int) -> str:
@@ -347,7 +375,7 @@ class _Reader:
 
     def payload(self, modality: str, n: int) -> np.ndarray:
         seg = self.ids[self.pos : self.pos + n]
-        start, end = self.vocab.range(modality)
+        start, end = _ranges(self.vocab)[modality]
         if len(seg) < n:
             raise SequenceFormatError(f"{modality} span at position {self.pos} is shorter than its budget {n}")
         if n and (int(seg.min()) < start or int(seg.max()) >= end):
