@@ -205,6 +205,27 @@ def load_config(path: str | Path, overrides: typing.Sequence[str] = (), schema: 
     return from_dict(schema, data)
 
 
+def parse_cli(description: str | None, schema: type[T], argv: typing.Sequence[str] | None = None) -> T:
+    """The command line every entry point shares: ``--config PATH`` plus ``key=value`` overrides.
+
+    Also accepts ``--local_rank`` (set by the deepspeed launcher). A config problem prints a clear message
+    and exits with status 2.
+    """
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True, help="YAML config file")
+    parser.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.max_steps=10 seed=1")
+    args = parser.parse_args(argv)
+    try:
+        return load_config(args.config, args.overrides, schema)
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
 def save_config(cfg: Any, path: str | Path) -> None:
     """Write a dataclass config as JSON (used inside checkpoints and bundles)."""
     Path(path).write_text(json.dumps(to_dict(cfg), indent=2))
@@ -511,3 +532,44 @@ class FlexTokConfig:
     decode_steps: int = 20  # inference defaults
     guidance_scale: float = 1.0
     apg: bool = True
+
+
+# ----------------------------------------------------------------------------------------------------
+# Tokenizer training (tokenizers/train_flextok.py, tokenizers/train_videoflextok.py)
+# ----------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TokenizerDataConfig:
+    """Training data of a visual tokenizer: ShapesWorld generated on the fly, or any reader source."""
+
+    source: str = "shapes"  # "shapes", or a path readable by mm1d.data.sources (folder, tar, HF dataset, mp4s)
+    shapes: ShapesConfig = field(default_factory=ShapesConfig)
+    val_samples: int = 8  # fixed ShapesWorld val samples shown in the periodic reconstruction grids
+    max_corrupt_fraction: float = 0.05  # reader sources: fail when more than this share is unreadable
+
+
+@dataclass
+class SampleGridConfig:
+    """Periodic reconstruction grids at k = 1, 2, 4, ..., N."""
+
+    steps: int = 8  # Euler steps of the decoder
+    guidance_scale: float = 1.0
+
+
+@dataclass
+class TrainFlexTokConfig:
+    """Top-level schema of ``tokenizers/train_flextok.py``."""
+
+    out_dir: str = "runs/flextok_tiny"
+    seed: int = 0
+    model: FlexTokConfig = field(default_factory=FlexTokConfig)
+    data: TokenizerDataConfig = field(default_factory=TokenizerDataConfig)
+    samples: SampleGridConfig = field(default_factory=SampleGridConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+
+SCHEMAS["train_flextok"] = TrainFlexTokConfig

@@ -1,0 +1,137 @@
+"""Pretraining of the any-to-any transformer: loss, eval loss, vocab checks and the run itself.
+
+``train/pretrain.py`` parses the config and calls ``run_pretraining``; everything else lives here so that
+tests can drive a run in-process.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from mm1d.checkpoint import save_release_bundle, text_model_path
+from mm1d.config import PretrainConfig, to_dict
+from mm1d.data.packing import PackedBatch
+from mm1d.modality import Vocab
+from mm1d.model.transformer import Transformer
+from mm1d.training.trainer import Trainer, TrainState
+from mm1d.utils import print0, rank, world_size
+
+
+def check_tokenizers(cfg: PretrainConfig, vocab: Vocab) -> None:
+    """Check that the configured tokenizer bundles exist and fit the vocabulary.
+
+    Raises:
+        FileNotFoundError: a configured bundle is missing (the message says how to create it).
+        ValueError: a tokenizer does not fit the registry (codebook size, budget or text size).
+    """
+    if cfg.tokenizers.text:
+        import sentencepiece as spm
+
+        sp = spm.SentencePieceProcessor(model_file=str(text_model_path(cfg.tokenizers.text)))
+        if sp.get_piece_size() > vocab.text_size:
+            raise ValueError(f"text tokenizer has {sp.get_piece_size()} pieces > vocab.text_size {vocab.text_size}")
+    for name, codebook in (("image", vocab.image_codebook), ("video", vocab.video_codebook)):
+        path = getattr(cfg.tokenizers, name)
+        if not path:
+            continue
+        conf = Path(path) / "config.json"
+        if not conf.is_file():
+            script = "train_flextok.py" if name == "image" else "train_videoflextok.py"
+            raise FileNotFoundError(
+                f"{name} tokenizer bundle not found: {conf} is missing. Use the shipped one under mm1d/assets/ "
+                f"or train one with `python tokenizers/{script} --config configs/tokenizer/...`"
+            )
+        meta = json.loads(conf.read_text())
+        model = meta.get("model", meta)
+        levels = model.get("fsq_levels")
+        if levels is not None:
+            size = int(torch.tensor(levels).prod())
+            if size != codebook:
+                raise ValueError(f"{name} tokenizer codebook {size} != vocab.{name}_codebook {codebook}")
+        n = model.get("num_registers")
+        if n is not None and n > vocab.max_budget:
+            raise ValueError(f"{name} tokenizer has {n} registers > vocab.max_budget {vocab.max_budget}")
+
+
+def lm_loss(model: nn.Module, batch: PackedBatch, z_loss: float = 0.0) -> tuple[torch.Tensor, dict[str, float]]:
+    """Weighted next-token loss of a packed batch, with per-modality logging and optional z-loss.
+
+    Args:
+        model: a ``Transformer`` (or a DeepSpeed engine wrapping one).
+        batch: ``PackedBatch`` of (B, L) tensors.
+        z_loss: weight of ``mean(logsumexp(logits)^2)`` over non-ignored tokens.
+
+    Returns:
+        (scalar loss, metrics with per-modality losses and the token count).
+    """
+    ce, lse = model(batch.input_ids, positions=batch.positions, doc_ids=batch.doc_ids, targets=batch.targets)
+    loss = batch.loss(ce)
+    metrics: dict[str, float] = {f"loss_{k}": v for k, v in batch.modality_losses(ce.detach()).items()}
+    if z_loss > 0:
+        valid = batch.targets != -100
+        z = (lse.pow(2) * valid).sum() / valid.sum().clamp(min=1)
+        loss = loss + z_loss * z
+        metrics["z"] = float(z.detach())
+    metrics["tokens"] = batch.num_tokens
+    return loss, metrics
+
+
+def build_model(cfg: PretrainConfig) -> tuple[Transformer, Vocab]:
+    vocab = Vocab.from_config(cfg.vocab)
+    return Transformer(cfg.model, vocab.size), vocab
+
+
+def run_pretraining(cfg: PretrainConfig) -> TrainState:
+    """Train the transformer described by ``cfg``; resume from ``cfg.out_dir`` when it has a checkpoint."""
+    from mm1d.data.loader import PackedLoader
+
+    torch.manual_seed(cfg.seed)
+    model, vocab = build_model(cfg)
+    check_tokenizers(cfg, vocab)
+    if not cfg.data.shards:
+        raise ValueError("data.shards is empty: point it at pretokenized shard directories "
+                         "(tokenizers/pretokenize.py writes them)")
+    model.gradient_checkpointing = cfg.engine.activation_checkpointing
+    counts = model.num_params()
+    print0(f"model: {counts['total'] / 1e6:.2f}M parameters, vocab {vocab.size}")
+    loader = PackedLoader(cfg.data, vocab, rank=rank(), world_size=world_size())
+
+    def eval_fn(module: nn.Module) -> dict[str, float]:
+        data = type(cfg.data)(**{**cfg.data.__dict__, "shards": cfg.eval_data})
+        ev = PackedLoader(data, vocab, rank=rank(), world_size=world_size())
+        tot: dict[str, float] = {}
+        for _ in range(cfg.eval_batches):
+            batch = next(ev).to(next(module.parameters()).device)
+            loss, m = lm_loss(module, batch)
+            for k, v in {"loss": float(loss), **m}.items():
+                tot[k] = tot.get(k, 0.0) + v / cfg.eval_batches
+        tot.pop("tokens", None)
+        return tot
+
+    def bundle_fn(weights: dict[str, torch.Tensor], path: Path) -> None:
+        save_release_bundle(path, weights, cfg)
+
+    run_config: dict[str, Any] = to_dict(cfg)
+    Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)
+    if rank() == 0:
+        (Path(cfg.out_dir) / "config.json").write_text(json.dumps(run_config, indent=2))
+    trainer = Trainer(
+        model,
+        train=cfg.train,
+        optim=cfg.optim,
+        engine=cfg.engine,
+        tracking=cfg.tracking,
+        out_dir=cfg.out_dir,
+        seed=cfg.seed,
+        loss_fn=lambda m, b: lm_loss(m, b, cfg.z_loss),
+        data=loader,
+        eval_fn=eval_fn if cfg.eval_data else None,
+        bundle_fn=bundle_fn,
+        run_config=run_config,
+    )
+    return trainer.fit()

@@ -1,0 +1,205 @@
+"""Training of the visual tokenizers (FlexTok for images, VideoFlexTok for videos) with the shared Trainer.
+
+Both entry points (``tokenizers/train_flextok.py`` and ``tokenizers/train_videoflextok.py``) call
+``run_tokenizer_training``; only the model class and the media kind differ. Data is ShapesWorld generated
+on the fly (batch i of rank r is a pure function of the seed, so resuming needs only the batch index) or
+any reader source (``mm1d.data.sources``), resized to the model's resolution.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mm1d.config import TokenizerDataConfig, TrainConfig, to_dict
+from mm1d.data.shapes import make_batch
+from mm1d.tokenization.video_io import to_uint8, video_grid, write_video
+from mm1d.training.trainer import IndexedBatches, Trainer, TrainState
+from mm1d.utils import print0, rank, world_size
+
+
+def budgets_up_to(n: int) -> list[int]:
+    """1, 2, 4, ... up to and including ``n``."""
+    out, k = [], 1
+    while k < n:
+        out.append(k)
+        k *= 2
+    return out + [n]
+
+
+class SourceBatches:
+    """Batches of pixels in [-1, 1] from a reader source, resumable by the count of samples consumed.
+
+    Images become ``(B, 3, S, S)``; videos ``(B, 3, F, S, S)`` (videos with fewer than F frames are skipped).
+    """
+
+    def __init__(self, path: str, kind: str, batch_size: int, size: int, frames: int, max_corrupt: float) -> None:
+        self.path, self.kind, self.bs, self.size, self.frames = path, kind, batch_size, size, frames
+        self.max_corrupt = max_corrupt
+        self.consumed = 0
+        self._it = self._samples()
+
+    def _samples(self):
+        from mm1d.data.sources import open_source
+
+        epoch = 0
+        while True:
+            n_seen = 0
+            for i, sample in enumerate(open_source(self.path, max_corrupt_fraction=self.max_corrupt)):
+                if i % world_size() != rank():
+                    continue
+                n_seen += 1
+                x = self._convert(sample)
+                if x is not None:
+                    yield x
+            if n_seen == 0:
+                raise ValueError(f"data source {self.path} has no readable {self.kind} samples for rank {rank()}")
+            epoch += 1
+
+    def _convert(self, sample: Any) -> torch.Tensor | None:
+        if self.kind == "image":
+            if sample.image is None:
+                return None
+            x = sample.image.float().div(127.5).sub(1.0)[None]  # (1, 3, H, W)
+            return F.interpolate(x, size=(self.size, self.size), mode="bilinear", antialias=True,
+                                 align_corners=False)[0]
+        if sample.video is None:
+            return None
+        v = sample.video  # (F, 3, H, W) uint8
+        if v.shape[0] < self.frames:
+            return None
+        v = v[: self.frames].float().div(127.5).sub(1.0)
+        v = F.interpolate(v, size=(self.size, self.size), mode="bilinear", antialias=True, align_corners=False)
+        return v.permute(1, 0, 2, 3).contiguous()  # (3, F, S, S)
+
+    def __iter__(self) -> SourceBatches:
+        return self
+
+    def __next__(self) -> torch.Tensor:
+        batch = torch.stack([next(self._it) for _ in range(self.bs)])
+        self.consumed += self.bs
+        return batch
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"consumed": self.consumed}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._it = self._samples()
+        for _ in itertools.islice(self._it, int(state["consumed"])):
+            pass
+        self.consumed = int(state["consumed"])
+
+
+def make_data(data: TokenizerDataConfig, train: TrainConfig, kind: str, size: int, frames: int, seed: int):
+    """The DataSource for one rank (see module docstring)."""
+    if data.source == "shapes":
+        shapes = data.shapes
+        bs, r, w = train.batch_size, rank(), world_size()
+        return IndexedBatches(
+            lambda i: make_batch(seed, (i * w + r) * bs, bs, "train", size=size, kind=kind, cfg=shapes,
+                                 frames=frames if kind == "video" else None).pixels
+        )
+    if not Path(data.source).exists():
+        raise FileNotFoundError(f"data.source not found: {data.source} (use 'shapes' or a dataset path)")
+    return SourceBatches(data.source, kind, train.batch_size, size, frames, data.max_corrupt_fraction)
+
+
+def save_recon_grid(model: nn.Module, originals: torch.Tensor, budgets: list[int], path: Path, steps: int,
+                    guidance: float, seed: int) -> None:
+    """Write a grid: the first row holds the originals, each next row the reconstruction at one k.
+
+    Args:
+        originals: ``(B, 3, H, W)`` images or ``(B, 3, F, H, W)`` videos in [-1, 1].
+        path: ``.png`` for images; ``.gif`` for videos.
+    """
+    rows = [originals.cpu()]
+    with torch.no_grad():
+        for k in budgets:
+            rec = model.autoencode(originals, k=k, steps=steps, guidance_scale=guidance, seed=seed)
+            rows.append(rec.float().cpu().clamp(-1, 1))
+    tiles = torch.cat(rows)  # (R*B, 3, ...)
+    if originals.dim() == 4:
+        tiles = tiles[:, :, None]  # images as 1-frame videos
+    grid = video_grid(tiles, nrow=originals.shape[0])  # (3, F, H', W') uint8
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if originals.dim() == 4:
+        from PIL import Image
+
+        Image.fromarray(to_uint8(grid[:, 0]).permute(1, 2, 0).numpy()).save(path)
+    else:
+        write_video(grid, path)
+
+
+def run_tokenizer_training(cfg: Any, kind: str) -> TrainState:
+    """Train a FlexTok (``kind="image"``) or VideoFlexTok (``kind="video"``) described by ``cfg``.
+
+    Args:
+        cfg: ``TrainFlexTokConfig`` or ``TrainVideoFlexTokConfig``.
+        kind: "image" or "video".
+
+    Returns:
+        The final ``TrainState``. The release bundle is written to ``cfg.out_dir/bundle``.
+    """
+    if kind == "image":
+        from mm1d.tokenization.flextok import FlexTok as Model
+
+        frames = 1
+    else:
+        from mm1d.tokenization.videoflextok import VideoFlexTok as Model
+
+        frames = cfg.model.num_frames
+    torch.manual_seed(cfg.seed)
+    model = Model(cfg.model)
+    size = cfg.model.image_size
+    n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    print0(f"{Model.__name__}: {n_params / 1e6:.2f}M trainable parameters")
+    data = make_data(cfg.data, cfg.train, kind, size, frames, cfg.seed)
+    val = make_batch(cfg.seed + 1, 0, cfg.data.val_samples, "val", size=size, kind=kind, cfg=cfg.data.shapes,
+                     frames=frames if kind == "video" else None).pixels
+    budgets = budgets_up_to(cfg.model.num_registers)
+    out_dir = Path(cfg.out_dir)
+
+    def loss_fn(module: nn.Module, batch: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        loss, metrics = module.training_loss(batch)
+        metrics["tokens"] = batch.shape[0]
+        return loss, metrics
+
+    def sample_fn(module: nn.Module, step: int) -> None:
+        if rank() != 0:
+            return
+        ext = "png" if kind == "image" else "gif"
+        device = next(module.parameters()).device
+        save_recon_grid(module, val.to(device), budgets, out_dir / "samples" / f"step{step:07d}.{ext}",
+                        cfg.samples.steps, cfg.samples.guidance_scale, cfg.seed)
+
+    def bundle_fn(weights: dict[str, torch.Tensor], path: Path) -> None:
+        fresh = Model(cfg.model)
+        fresh.load_state_dict(weights)
+        fresh.save_pretrained(path)
+        sample_fn(fresh, cfg.train.max_steps)
+
+    run_config = to_dict(cfg)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if rank() == 0:
+        (out_dir / "config.json").write_text(json.dumps(run_config, indent=2))
+    trainer = Trainer(
+        model,
+        train=cfg.train,
+        optim=cfg.optim,
+        engine=cfg.engine,
+        tracking=cfg.tracking,
+        out_dir=out_dir,
+        seed=cfg.seed,
+        loss_fn=loss_fn,
+        data=data,
+        sample_fn=sample_fn,
+        bundle_fn=bundle_fn,
+        run_config=run_config,
+    )
+    return trainer.fit()
