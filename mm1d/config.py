@@ -573,3 +573,119 @@ class TrainFlexTokConfig:
 
 
 SCHEMAS["train_flextok"] = TrainFlexTokConfig
+
+
+# ----------------------------------------------------------------------------------------------------
+# Pretokenization (tokenizers/pretokenize.py)
+# ----------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class AdaptiveBudgetConfig:
+    """Adaptive budget per sample: the smallest candidate k whose reconstruction reaches ``psnr`` dB."""
+
+    enabled: bool = False  # needs detokenize: costs one decoder pass per candidate k
+    psnr: float = 24.0  # threshold on pixels scaled to [0, 1], over the whole image / clip
+    candidates: list[int] = field(default_factory=list)  # tried in increasing order; empty: 1, 2, 4, ..., N
+    steps: int = 8  # Euler steps of the tokenizer's decoder
+    guidance_scale: float = 1.0
+    seed: int = 0  # decoder noise seed (fixed, so a re-run gives identical shards)
+
+
+@dataclass
+class PretokenizeConfig:
+    """Top-level schema of ``tokenizers/pretokenize.py``; writes shards into ``out_dir``."""
+
+    out_dir: str = "runs/tokens/train"
+    seed: int = 0  # ShapesWorld world seed
+    source: str = "shapes"  # "shapes", or a path readable by mm1d.data.sources (folder, tar, HF dataset, mp4s)
+    split: str = "train"  # ShapesWorld split
+    shapes: ShapesConfig = field(default_factory=ShapesConfig)
+    num_images: int = 2000  # ShapesWorld images
+    num_videos: int = 400  # ShapesWorld videos
+    max_samples: int = 0  # reader sources: stop after this many samples (0: all)
+    max_corrupt_fraction: float = 0.05  # reader sources: fail when more than this share is unreadable
+    tokenizers: TokenizerPaths = field(default_factory=TokenizerPaths)  # a missing one skips that modality
+    samples_per_shard: int = 512
+    batch_size: int = 16  # tokenizer batch size
+    video_frames: int = 0  # reader videos: frames kept (1 + 4m); 0: the largest 1 + 4m available
+    cond_first_frame: bool = True  # also tokenize each video's first frame with FlexTok (text-image-to-video)
+    adaptive: AdaptiveBudgetConfig = field(default_factory=AdaptiveBudgetConfig)
+    device: str = "cpu"  # "cpu", "cuda", or "auto"
+    # accepted for CLI uniformity (train.max_steps=N); pretokenization has no step loop
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+SCHEMAS["pretokenize"] = PretokenizeConfig
+
+
+# ----------------------------------------------------------------------------------------------------
+# VideoFlexTok video tokenizer (mm1d.tokenization.videoflextok) and its training schema
+# ----------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class VideoFlexTokConfig:
+    """VideoFlexTok architecture, training-recipe knobs and inference defaults.
+
+    A chunk of ``chunk_frames = 1 + 4m`` frames is ``1 + m`` latent time steps; each step is a
+    ``(image_size / latent_downsample)`` grid split into ``patch_size`` patches, with its own
+    ``num_registers`` registers (tokens per step). Longer videos are processed in chunks that overlap by
+    one frame.
+    """
+
+    image_size: int = 32
+    chunk_frames: int = 17  # frames per encoder/decoder pass (1 + 4m); sets the number of register sets
+    latent: Literal["pixels", "vae"] = "pixels"  # pixels: causal tubelets (12 channels); vae: causal 3D VAE
+    vae_path: str | None = None  # local diffusers video VAE directory (latent="vae")
+    vae_class: str = "AutoencoderKLWan"  # diffusers class of the VAE (4x time, 8x space)
+    latent_channels: int = 12  # 12 for pixels (3 colours x 4 frames), the VAE's z_dim otherwise
+    latent_downsample: int = 1  # 1 for pixels, the VAE's spatial factor (8) otherwise
+    patch_size: int = 8
+    num_registers: int = 16  # tokens per time step
+    fsq_levels: list[int] = field(default_factory=lambda: [8, 5, 5, 5])
+    quant_norm: Literal["none", "layernorm", "rms", "batch"] = "layernorm"
+    registers_see_past: bool = True  # encoder register i of step t also sees registers <= i of steps < t
+    enc_depth: int = 4
+    enc_dim: int = 128
+    dec_depth: int = 4
+    dec_dim: int = 128
+    head_dim: int = 32
+    mlp_ratio: float = 4.0
+    qk_norm: bool = True
+    register_modulation: bool = True  # separate adaLN modulation for patches and registers
+    register_summary: bool = False  # add a pooled summary of each step's kept registers to its conditioning
+    nested_dropout: Literal["pow2", "uniform", "uniform_pow2", "none"] = "pow2"  # one k per video
+    first_step_dropout: Literal["same", "pow2", "uniform", "uniform_pow2", "none"] = "same"  # own k for step 0
+    cond_dropout: float = 0.1  # probability of the learned null condition (CFG) per sample
+    timestep_sampling: Literal["logit_normal", "uniform"] = "logit_normal"
+    ln_mean: float = 0.0
+    ln_std: float = 1.0
+    prefix_prob: float = 0.25  # per-sample probability of clean prefix conditioning in training
+    max_prefix_steps: int = 1  # p ~ U{1..max_prefix_steps} clean time steps when a prefix is drawn
+    mask_prefix_registers: bool = True  # prefix steps' registers are replaced by the mask token
+    aux_recon_weight: float = 0.0  # weight of the direct-reconstruction loss
+    aux_recon_mode: Literal["x0", "zero_noise"] = "x0"
+    perturb_prob: float = 0.0  # per-sample probability of latent perturbation during training
+    perturb_fraction: float = 0.1  # fraction of a perturbed sample's tokens replaced by random codes
+    decode_steps: int = 20  # inference defaults
+    guidance_scale: float = 1.0
+    apg: bool = True
+
+
+@dataclass
+class TrainVideoFlexTokConfig:
+    """Top-level schema of ``tokenizers/train_videoflextok.py``."""
+
+    out_dir: str = "runs/videoflextok_tiny"
+    seed: int = 0
+    model: VideoFlexTokConfig = field(default_factory=VideoFlexTokConfig)
+    data: TokenizerDataConfig = field(default_factory=TokenizerDataConfig)
+    samples: SampleGridConfig = field(default_factory=SampleGridConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+
+SCHEMAS["train_videoflextok"] = TrainVideoFlexTokConfig
