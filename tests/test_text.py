@@ -82,3 +82,36 @@ def test_clear_errors(tok: TextTokenizer, tmp_path) -> None:
         TextTokenizer.train(["", "  "], TextTokenizerConfig(vocab_size=300))
     with pytest.raises(ValueError, match="byte_fallback"):
         TextTokenizer.train(["abc"], TextTokenizerConfig(vocab_size=100))
+
+
+def test_corpus_sources(tmp_path) -> None:
+    from mm1d.config import TextCorpusConfig
+    from mm1d.data.corpus import text_corpus
+
+    (tmp_path / "a.txt").write_text("first line\n\nsecond line\n")
+    (tmp_path / "b.jsonl").write_text('{"caption": "a red star"}\n{"caption": "a blue dot"}\n')
+    assert list(text_corpus(TextCorpusConfig(source="files", paths=[str(tmp_path / "a.txt")]))) == [
+        "first line", "second line"]
+    assert list(text_corpus(TextCorpusConfig(source="jsonl", paths=[str(tmp_path / "b.jsonl")],
+                                             max_sentences=1))) == ["a red star"]
+    caps = list(text_corpus(TextCorpusConfig(shapes_images=3, shapes_videos=2), seed=0))
+    assert len(caps) == 5 and caps == list(text_corpus(TextCorpusConfig(shapes_images=3, shapes_videos=2)))
+    with pytest.raises(FileNotFoundError, match="not found"):
+        list(text_corpus(TextCorpusConfig(source="files", paths=[str(tmp_path / "missing.txt")])))
+    with pytest.raises(ValueError, match="no string field 'text'"):
+        list(text_corpus(TextCorpusConfig(source="jsonl", paths=[str(tmp_path / "b.jsonl")], text_key="text")))
+
+
+def test_train_text_entry_point(tmp_path) -> None:
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    cmd = [sys.executable, str(root / "tokenizers/train_text.py"), "--config",
+           str(root / "configs/tokenizer/text_tiny.yaml"), f"out_dir={tmp_path}", "corpus.shapes_images=300",
+           "corpus.shapes_videos=50", "text.vocab_size=300", "train.max_steps=1", "seed=3"]
+    subprocess.run(cmd, check=True, cwd=root, capture_output=True, timeout=120)
+    tok = TextTokenizer.from_pretrained(tmp_path / "bundle")
+    assert 0 < tok.vocab_size <= 300
+    assert tok.decode(tok.encode("a small red circle")) == "a small red circle"
