@@ -7,6 +7,8 @@
     DIR/videos/000000.mp4 ... + DIR/videos/metadata.jsonl   (H.264 yuv420p, readable by decord)
     DIR/shards/shapes-000000.tar ...                        (webdataset: <key>.png|.mp4, .json, .txt)
 
+Shard keys are ``img000123`` / ``vid000123``; the ``.json`` member holds the metadata row without ``file_name``.
+
 Each metadata row holds ``file_name``, ``caption``, ``kind``, ``split``, ``seed``, ``index``,
 ``num_objects`` and ``objects`` (the attribute dicts of ``mm1d.data.shapes``); video rows add
 ``motion``, ``num_frames`` and ``fps``. Every file is written atomically (temporary name, then rename).
@@ -122,8 +124,8 @@ def write_split(out: str | Path, split: str, num_images: int, num_videos: int, s
                     row.update(motion=attrs["objects"][0]["motion"], num_frames=cfg.frames, fps=cfg.fps)
                 lines.append(json.dumps(row))
                 meta = {k: v for k, v in row.items() if k != "file_name"}
-                shards.write(f"{kind[:3]}{index:06d}", {ext: data, "json": json.dumps(meta).encode(),
-                                                         "txt": caption.encode()})
+                key = f"{'img' if kind == 'image' else 'vid'}{index:06d}"
+                shards.write(key, {ext: data, "json": json.dumps(meta).encode(), "txt": caption.encode()})
                 bar.update(1)
             atomic_write_text(out / folder / "metadata.jsonl", "\n".join(lines) + "\n")
         shards.close()
