@@ -262,3 +262,22 @@ def test_d18_d28_parameter_count() -> None:
     # 12 d^2 per block: encoder 18 x 1152, decoder 28 x 1792 -> about 1.37B without adaLN
     assert 1.30e9 < counts["total_without_adaln"] < 1.45e9
     assert counts["decoder_adaln"] > 0.9 * 28 * 12 * 1792**2
+
+
+def test_repa_hf_backbone(tmp_path: Path) -> None:
+    """The 'hf:<dir>' REPA teacher: a tiny random DINOv2 saved locally, patch tokens only."""
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.Dinov2Config(
+        hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32, patch_size=4, image_size=16
+    )
+    transformers.Dinov2Model(cfg).save_pretrained(tmp_path / "dino")
+    model = make_model(image_size=32, repa_weight=1.0, repa_dim=16, repa_extractor=f"hf:{tmp_path / 'dino'}")
+    model.train()
+    loss, metrics = model.training_loss(images(2, size=32))
+    assert "repa" in metrics and torch.isfinite(loss)
+    teacher = model._teacher_fn()
+    assert teacher(images(2, size=32)).shape == (2, 4, 16)  # 32 px -> grid 2 -> 2x2 patch tokens
+    with pytest.raises(FileNotFoundError, match="REPA feature extractor"):
+        FlexTok(tiny_cfg(repa_weight=1.0, repa_dim=16, repa_extractor=f"hf:{tmp_path / 'none'}")).training_loss(
+            images(1)
+        )

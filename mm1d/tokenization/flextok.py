@@ -344,7 +344,7 @@ class FlexTok(nn.Module):
         k = self.num_registers if k is None else k
         self._check_k(k)
         with self._eval_mode():
-            latents = self._require_latent().encode(images)
+            latents = self._require_latent().encode(images.to(self.enc_patch.weight.device))
             return self.quantize(latents, k)[1]
 
     def _prepare_ids(self, ids: torch.Tensor | Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -469,6 +469,7 @@ class FlexTok(nn.Module):
         device = self.dec_patch.weight.device
         rdev = _rand_device(generator, device)
         b, n = images.shape[0], self.num_registers
+        images = images.to(device)
         x0 = self._require_latent().encode(images, generator).float()  # (B, C, h, w)
         codes, ids = self.quantize(x0)  # (B, N, D_fsq), (B, N)
         if cfg.perturb_prob > 0:
