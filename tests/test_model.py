@@ -230,3 +230,23 @@ def test_mm_3b_has_the_issue_shape() -> None:
     assert (cfg.d_model, cfg.n_layers, cfg.n_heads, cfg.n_kv_heads, cfg.ffn_hidden) == (3072, 28, 24, 8, 8192)
     assert cfg.qk_norm and cfg.rope_theta == 1e6 and cfg.max_seq_len == 4096
     assert summarize(cfg, vcfg)["total"] == _expected_counts(cfg, Vocab.from_config(vcfg).size)[1]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_flex_attention_on_gpu_matches_dense_mask_and_documents() -> None:
+    flex = make(qk_norm=True, attn_impl="flex").cuda().train()
+    dense = make(qk_norm=True, attn_impl="sdpa").cuda().train()  # same seed: same weights
+    lengths = [[70, 130, 56], [256]]
+    ids = torch.randint(0, V, (2, 256), device="cuda")
+    doc_ids = torch.tensor([[i for i, n in enumerate(r) for _ in range(n)] for r in lengths], device="cuda")
+    positions = torch.tensor([[p for n in r for p in range(n)] for r in lengths], device="cuda")
+    a = flex(ids, positions, doc_ids)
+    b = dense(ids, positions, doc_ids)
+    close(a, b, 1e-4)
+    a.square().mean().backward()
+    b.square().mean().backward()
+    for p, q in zip(flex.parameters(), dense.parameters()):
+        close(p.grad, q.grad, 1e-4)
+    with torch.no_grad():  # the second document of row 0 equals its run alone
+        close(a[0:1, 70:200], flex(ids[0:1, 70:200]), 1e-4)

@@ -51,7 +51,7 @@ def check_config(cfg: ModelConfig, vocab_size: int) -> int:
 
 
 class RMSNorm(nn.Module):
-    """Root-mean-square norm over the last dim, computed in float32 (as Hugging Face Llama does).
+    """Root-mean-square norm over the last dim (``F.rms_norm``, which accumulates in float32).
 
     Args:
         dim: normalized size.
@@ -65,9 +65,7 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` ``(..., dim)`` -> same shape and dtype."""
-        x32 = x.float()
-        y = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * y.to(x.dtype)
+        return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
 
 
 def rope_cos_sin(
@@ -316,8 +314,9 @@ class Transformer(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-token cross-entropy and log-sum-exp, computed chunk by chunk.
 
-        Each chunk's logits are recomputed in the backward pass (activation checkpointing), so peak memory
-        holds one chunk of ``chunk_tokens x V`` logits rather than all ``B x L x V``.
+        With more than one chunk, each chunk's logits are recomputed in the backward pass (activation
+        checkpointing), so peak memory holds one chunk of ``chunk_tokens x V`` logits rather than all
+        ``B x L x V``.
 
         Args:
             hidden: ``(B, L, D)`` final hidden states.
@@ -337,7 +336,7 @@ class Transformer(nn.Module):
         ces, lses = [], []
         for s in range(0, n, chunk):
             h_c, t_c = flat_h[s : s + chunk], flat_t[s : s + chunk]
-            if torch.is_grad_enabled() and h_c.requires_grad:
+            if n > chunk and torch.is_grad_enabled() and h_c.requires_grad:  # one chunk: nothing to save
                 ce, lse = checkpoint(self._chunk_loss, h_c, t_c, use_reentrant=False)
             else:
                 ce, lse = self._chunk_loss(h_c, t_c)
