@@ -689,3 +689,47 @@ class TrainVideoFlexTokConfig:
 
 
 SCHEMAS["train_videoflextok"] = TrainVideoFlexTokConfig
+
+
+# ----------------------------------------------------------------------------------------------------
+# Generation (mm1d.inference, mm1d.sampling, the `mm1d` CLI): sampler presets per target modality
+# ----------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class SamplerPreset:
+    """Sampling defaults for one target modality; every field can be overridden per call.
+
+    CFG mixes logits as ``u + s (c - u)``; for text-image-to-video the joint form
+    ``l_none + s_img (l_img - l_none) + s_txt (l_full - l_img)`` uses ``image_cfg_scale`` for ``s_img``.
+    """
+
+    temperature: float = 1.0  # 0: greedy
+    top_k: int = 0  # 0: off; applied after the constraint mask
+    top_p: float = 1.0  # 1: off; applied after top-k
+    cfg_scale: float = 3.0  # text guidance scale (1: no guidance, no unconditional stream)
+    image_cfg_scale: float = 1.5  # first-frame guidance scale (text-image-to-video only)
+    budget: int = 0  # default tokens per image / per video time step; 0: the tokenizer's N (capped by the vocab)
+    max_new_tokens: int = 40  # text: caption length limit (then <eos> is forced)
+
+
+@dataclass
+class GenerationConfig:
+    """Everything ``mm1d.generate`` does not take as an argument. A bundle may carry ``generation.json``."""
+
+    image: SamplerPreset = field(default_factory=lambda: SamplerPreset(top_k=4096, cfg_scale=3.0))
+    video: SamplerPreset = field(default_factory=lambda: SamplerPreset(top_k=4096, cfg_scale=3.0))
+    text: SamplerPreset = field(default_factory=lambda: SamplerPreset(temperature=0.0, cfg_scale=1.0))
+    num_frames: int = 17  # default video length (1 + 4m)
+    fps: float = 8.0  # frame rate written into video files
+    cond_budget: int = 0  # FlexTok tokens of a text-image-to-video first frame; 0: all (capped by the vocab)
+    decoder_steps: int = 0  # Euler steps of the tokenizers' decoders; 0: the tokenizer's default
+    decoder_guidance: float = 0.0  # decoder CFG scale; 0: the tokenizer's default
+    preview_steps: int = 4  # Euler steps for preview decodes
+    rollout_context: int = 0  # long videos: time steps carried into the next window; 0: half a window
+    first_frame_prefix: bool = True  # text-image-to-video / continuation: decode with the given frames clean
+    device: str = "cpu"  # "cpu", "cuda" or "auto"
+    dtype: Literal["float32", "bfloat16"] = "float32"
+
+
+SCHEMAS["generate"] = GenerationConfig
