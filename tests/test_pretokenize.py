@@ -118,6 +118,19 @@ def test_ranks_write_disjoint_shards(text_tok, tmp_path) -> None:
     assert {n[:11] for n in names1} == {"shard_00001", "shard_00003"}
     assert _files(split) == _files(full)
 
+    class Stream:  # a sequential source (no random access), like the readers
+        def __init__(self, items: list[RawSample]) -> None:
+            self.items = items
+
+        def __iter__(self):
+            return iter(self.items)
+
+    items = [ShapesSource(_cfg(full))[i] for i in range(15)]
+    seq = tmp_path / "seq"
+    for r in (1, 0):
+        pretokenize(_cfg(seq), toks, Stream(items), rank=r, world_size=2)
+    assert _files(seq) == _files(full)
+
 
 def test_stored_tokens_match_tokenizers_and_loader_reads_them(text_tok, tmp_path) -> None:
     toks = _toks(text_tok)
