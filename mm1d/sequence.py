@@ -549,6 +549,9 @@ def choose_sample(
         cfg: sequence choices.
         vocab: the registry (max budget, max time steps).
         rng: numpy generator; the only source of randomness.
+
+    Videos longer than the vocabulary's ``max_time_steps`` keep their first ``max_time_steps`` steps (a
+    valid shorter video: the video tokenizer is causal in time).
     """
     check_task(task)
     if task not in stored.tasks():

@@ -138,6 +138,8 @@ def test_errors(shards, tmp_path) -> None:
         PackedLoader(_cfg(path, tasks={"i2v": 1.0}), VOCAB, rank=0, world_size=1)
     with pytest.raises(ValueError, match="above N=16"):
         PackedLoader(_cfg(path, sequence=SequenceConfig(image_budget=BudgetConfig(max_k=32))), VOCAB, 0, 1)
+    with pytest.raises(ValueError, match="cond_k=17"):
+        PackedLoader(_cfg(path, sequence=SequenceConfig(cond_k=17)), VOCAB, rank=0, world_size=1)
     small = Vocab.from_config(VocabConfig(text_size=200, image_codebook=64, video_codebook=48, max_budget=16))
     with pytest.raises(ValueError, match="overflows the text range"):
         PackedLoader(_cfg(path), small, rank=0, world_size=1)

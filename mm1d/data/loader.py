@@ -132,6 +132,12 @@ class PackedLoader:
                 continue
             for n in ns:
                 budget_bounds(bcfg, n, v.max_budget)  # raises for budgets above N or above max_budget
+        if "ti2v" in self.tasks and seq.cond_k:
+            for s in self.shards:
+                n = int(s.arrays["cond_ids"].shape[1]) if len(s.arrays["cond_ids"]) else seq.cond_k
+                if seq.cond_k > min(n, v.max_budget):
+                    raise ValueError(f"sequence.cond_k={seq.cond_k} is above N={n} stored condition tokens or "
+                                     f"the vocabulary's max_budget={v.max_budget}")
 
     # ---- iteration ---------------------------------------------------------------------------------------
     def __iter__(self) -> Iterator[PackedBatch]:
