@@ -79,12 +79,13 @@ class VideoFlexTok(VideoFlexTokCore):
             k: tokens per step (default N); ``tokenize(x, k) == tokenize(x)[:, :, :k]``.
 
         Returns:
-            long ``[B, T, k or N]`` with ``T = 1 + m``, in ``[0, codebook_size)``.
+            long ``[B, T, k or N]`` with ``T = 1 + m``, in ``[0, codebook_size)``, on the model's device.
         """
         self.check_video(video)
         k = self.num_registers if k is None else k
         self._check_k(k)
         latent = self._require_latent()
+        video = video.to(self.dec_patch.weight.device)
         b = video.shape[0]
         spans = chunk_spans(video.shape[2], self.cfg.chunk_frames)
         by_len: dict[int, list[int]] = {}
