@@ -130,10 +130,12 @@ def to_dict(cfg: Any) -> dict[str, Any]:
 
 
 def _parse_value(text: str) -> Any:
+    """Parse an override value like YAML 1.2 / OmegaConf would (``3e-4`` is a float, not a string)."""
     import yaml
+    from omegaconf._utils import get_yaml_loader
 
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=get_yaml_loader())
     except yaml.YAMLError:
         return text
 

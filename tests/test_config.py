@@ -68,8 +68,6 @@ def test_overrides_select_groups_and_set_keys(cfg_dir: Path) -> None:
     assert load_config(cfg_dir / "base.yaml", ["name=null"], ToyConfig).name is None
 
 
-@pytest.mark.xfail(strict=True, reason="load_config parses override values with PyYAML (YAML 1.1), which reads "
-                   "'3e-4' as a string; remove this marker once overrides accept scientific notation")
 def test_scientific_notation_override(cfg_dir: Path) -> None:
     assert load_config(cfg_dir / "base.yaml", ["train.lr=3e-4"], ToyConfig).train.lr == pytest.approx(3e-4)
 

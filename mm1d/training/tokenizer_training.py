@@ -71,7 +71,7 @@ class SourceBatches:
                                  align_corners=False)[0]
         if sample.video is None:
             return None
-        v = sample.video  # (F, 3, H, W) uint8
+        v = sample.video.permute(1, 0, 2, 3)  # (3, F, H, W) -> (F, 3, H, W) uint8
         if v.shape[0] < self.frames:
             return None
         v = v[: self.frames].float().div(127.5).sub(1.0)
