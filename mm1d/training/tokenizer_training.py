@@ -153,7 +153,7 @@ def run_tokenizer_training(cfg: Any, kind: str) -> TrainState:
     else:
         from mm1d.tokenization.videoflextok import VideoFlexTok as Model
 
-        frames = cfg.model.num_frames
+        frames = cfg.data.shapes.frames
     torch.manual_seed(cfg.seed)
     model = Model(cfg.model)
     size = cfg.model.image_size
