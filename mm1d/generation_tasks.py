@@ -1,0 +1,370 @@
+"""The tasks behind ``Pipeline.generate``: text-to-image, text(-image)-to-video with rollouts, captioning.
+
+Each task turns user arguments into one prompt per CFG stream and one ``RowProgram`` per sample (through
+``mm1d.sampling.generation_program`` / ``understanding_program``, i.e. through ``mm1d.sequence``), runs
+``mm1d.sampling.sample``, parses every finished document back with ``parse_document`` and decodes the
+codes with the tokenizers. See ``mm1d.inference`` for the public API and its semantics.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from mm1d.config import SamplerPreset
+from mm1d.inference import (
+    Budget,
+    GenerationResult,
+    Pipeline,
+    Preview,
+    _budgets,
+    _prompts,
+    _seeds,
+    load_image,
+    load_video,
+    psnr01,
+    to_pil,
+)
+from mm1d.sampling import (
+    RowProgram,
+    SamplingParams,
+    cfg_weights_2,
+    cfg_weights_3,
+    generation_program,
+    understanding_program,
+)
+from mm1d.sequence import SequenceSample, parse_document
+from mm1d.tokenization.video_latents import check_num_frames, num_frames_for_steps, num_steps_for_frames
+
+
+def _timer() -> Callable[[], float]:
+    t0 = time.perf_counter()
+    return lambda: time.perf_counter() - t0
+
+
+def _emit(ev: Preview, out: list[Preview], callback: Callable[[Preview], None] | None) -> None:
+    out.append(ev)
+    if callback is not None:
+        callback(ev)
+
+
+def _parse(pipe: Pipeline, prompt: list[int], tokens: list[int]) -> SequenceSample:
+    return parse_document(np.asarray(prompt + tokens, dtype=np.int64), pipe.vocab)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Text to image
+# ----------------------------------------------------------------------------------------------------
+
+
+def text_to_image(
+    pipe: Pipeline, prompt: Any, budget: Any, cfg_scale: float, *, num_samples: int, seed: Any,
+    params: SamplingParams, preset: SamplerPreset, decoder_steps: int | None, previews: list[int],
+    callback: Callable[[Preview], None] | None,
+) -> GenerationResult:
+    """T2I for every prompt x ``num_samples``; CFG streams ``[caption, no caption]``."""
+    img, vocab = pipe._need("image"), pipe.vocab
+    n = pipe.max_budget["image"]
+    groups = _prompts(prompt, 1)
+    B = len(groups) * num_samples
+    budgets = _budgets(budget, len(groups), num_samples, n, preset.budget, allow_auto=True)
+    seeds = _seeds(seed, B)
+    caps = [pipe._caption_ids(p) for p in groups for _ in range(num_samples)]
+    use_cfg = cfg_scale != 1 and any(c is not None for c in caps)
+
+    def make(cap: np.ndarray | None) -> Callable[[int, bool], SequenceSample]:
+        return lambda k, auto: SequenceSample("t2i", cap, np.zeros(k, dtype=np.int64), auto)
+
+    prompts, programs = [], []
+    for b in range(B):
+        k = None if budgets[b] == "auto" else budgets[b]
+        pr, prog = generation_program(vocab, make(caps[b]), k, n, streams=[make(None)] if use_cfg else [])
+        prompts.append(pr)
+        programs.append(prog)
+    steps, guidance = pipe._decode_steps(img, decoder_steps)
+    made: list[Preview] = []
+    hook = None
+    if previews:
+        lo, hi = vocab.range("image")
+        fired: list[set[int]] = [set() for _ in range(B)]
+
+        def hook(step: int, progs: Sequence[RowProgram]) -> None:
+            for b, p in enumerate(progs):
+                for k in previews:
+                    if k <= p.n_codes and k not in fired[b]:
+                        fired[b].add(k)
+                        codes = torch.tensor([t - lo for t in p.out if lo <= t < hi][:k])
+                        x = img.detokenize([codes], steps=pipe.config.preview_steps, guidance_scale=guidance,
+                                           seed=[seeds[b]])
+                        _emit(Preview("preview", b, "image", k, image=to_pil(x[0])), made, callback)
+
+    clock = _timer()
+    out = pipe._sample(prompts, programs, params, seeds, cfg_weights_2(cfg_scale, B) if use_cfg else None, hook)
+    t_sample = clock()
+    tokens = [torch.from_numpy(_parse(pipe, out.prompts[b][0], out.tokens[b]).codes) for b in range(B)]
+    clock = _timer()
+    pixels = img.detokenize(tokens, steps=steps, guidance_scale=guidance, seed=seeds)
+    t_decode = clock()
+    return GenerationResult(
+        images=[to_pil(x) for x in pixels], tokens=tokens, budgets=[len(t) for t in tokens], previews=made,
+        metadata=dict(seeds=seeds, prompts=[g for g in groups for _ in range(num_samples)], requested_budgets=budgets,
+                      cfg_scale=cfg_scale if use_cfg else 1.0, sampling_s=t_sample, decode_s=t_decode,
+                      sampled_tokens=sum(len(t) for t in out.tokens), decoder_steps=steps),
+    )
+
+
+# ----------------------------------------------------------------------------------------------------
+# Text (and first frame, or clip) to video
+# ----------------------------------------------------------------------------------------------------
+
+
+def _window_steps(pipe: Pipeline, caps: list[np.ndarray | None], cond_len: int, k_max: int) -> int:
+    """Most time steps one window can hold: the vocabulary's length tokens and the model's context."""
+    cap = max((len(c) for c in caps if c is not None), default=0)
+    fixed = 1 + cap + cond_len + 6  # <bos> caption [cond] <bov> <nt> <kauto> <k> ... <eov> <eos>
+    return min(pipe.vocab.max_time_steps, (pipe.model.config.max_seq_len - fixed) // (k_max + 1))
+
+
+def text_to_video(
+    pipe: Pipeline, prompt: Any, imgs: list[Any] | None, vids: list[Any] | None, budget: Any,
+    num_frames: int | None, cfg_scale: float, image_cfg_scale: float, *, num_samples: int, seed: Any,
+    params: SamplingParams, preset: SamplerPreset, decoder_steps: int | None, previews: list[int],
+    callback: Callable[[Preview], None] | None,
+) -> GenerationResult:
+    """T2V, text-image-to-video (``imgs``) or continuation (``vids``), rolled out window by window."""
+    from mm1d.tokenization.videoflextok import chunk_spans
+
+    vt, vocab, cfg = pipe._need("video"), pipe.vocab, pipe.config
+    n = pipe.max_budget["video"]
+    inputs = imgs or vids or []
+    groups = _prompts(prompt, len(inputs))
+    if inputs and len(inputs) not in (1, len(groups)):
+        raise ValueError(f"got {len(inputs)} conditioning inputs for {len(groups)} prompts (give 1 or one per prompt)")
+    G, B = len(groups), len(groups) * num_samples
+    size = vt.cfg.image_size
+    given: torch.Tensor | None = None  # (G, p, N) forced first steps
+    cond_codes: torch.Tensor | None = None  # (G, c) FlexTok ids of the first frame
+    cond_frames: torch.Tensor | None = None  # (G, 3, F0, S, S) clean frames for the decoder
+    if inputs:
+        if imgs is not None:
+            frames = torch.stack([load_image(x, size) for x in inputs])  # (n, 3, S, S)
+            cond_frames = frames[:, :, None]  # (n, 3, 1, S, S)
+            img = pipe._need("image")
+            c = cfg.cond_budget or pipe.max_budget["image"]
+            if not 1 <= c <= pipe.max_budget["image"]:
+                raise ValueError(f"generation.cond_budget={c} is outside [1, {pipe.max_budget['image']}]")
+            if img.cfg.image_size != size:
+                frames = torch.nn.functional.interpolate(frames, size=img.cfg.image_size, mode="bicubic",
+                                                         antialias=True).clamp(-1, 1)
+            cond_codes = img.tokenize(frames.to(pipe.device), k=c).cpu()
+        else:
+            clips = [load_video(x, size, cfg.fps) for x in inputs]
+            if len({c.shape[1] for c in clips}) != 1:
+                raise ValueError(f"clips to continue must have equal lengths, got {[c.shape[1] for c in clips]} frames")
+            cond_frames = torch.stack(clips)  # (n, 3, F0, S, S)
+        given = vt.tokenize(cond_frames.to(pipe.device)).cpu()  # (n, p, N)
+        if len(inputs) == 1 and G > 1:
+            given, cond_frames = given.expand(G, -1, -1), cond_frames.expand(G, -1, -1, -1, -1)
+            cond_codes = None if cond_codes is None else cond_codes.expand(G, -1)
+    p = 0 if given is None else given.shape[1]
+    f_given = 0 if cond_frames is None else cond_frames.shape[2]
+    if num_frames is None:
+        num_frames = cfg.num_frames if cfg.num_frames > f_given else f_given + cfg.num_frames - 1
+    if isinstance(num_frames, bool) or not isinstance(num_frames, int):
+        raise ValueError(f"num_frames must be an integer of the form 1 + 4m, got {num_frames!r}")
+    check_num_frames(num_frames)
+    T = num_steps_for_frames(num_frames)
+    if p and T <= p:
+        raise ValueError(f"num_frames={num_frames} must exceed the {f_given} given frame(s) to generate anything")
+    budgets = _budgets(budget, G, num_samples, n, preset.budget, allow_auto=True)
+    seeds = _seeds(seed, B)
+    caps = [pipe._caption_ids(g) for g in groups for _ in range(num_samples)]
+    grp = [b // num_samples for b in range(B)]
+    k_max = max(n if k == "auto" else k for k in budgets)
+    cond_len = 0 if cond_codes is None else cond_codes.shape[1] + 3
+    W = _window_steps(pipe, caps, cond_len, k_max)
+    if W < 1 or (T > W and W < 2):
+        raise ValueError(f"the model's context (max_seq_len={pipe.model.config.max_seq_len}) cannot hold two time "
+                         f"steps of {k_max} tokens with this prompt; use a smaller budget or a shorter prompt")
+    C = min(cfg.rollout_context or max(1, W // 2), W - 1) if W > 1 else 0
+    steps, guidance = pipe._decode_steps(vt, decoder_steps)
+    use_prefix = cfg.first_frame_prefix and cond_frames is not None
+
+    def decode(ids: torch.Tensor, idx: list[int], n_steps: int) -> torch.Tensor:
+        """ids ``(g, t, k)`` -> ``(g, 3, F, S, S)``; the given frames stay clean when they fit the first chunk."""
+        chunk0 = (min(vt.cfg.chunk_frames, num_frames_for_steps(ids.shape[1])) - 1) // 4 + 1
+        cf = cond_frames[[grp[b] for b in idx]].to(pipe.device) if use_prefix and p < chunk0 else None
+        return vt.detokenize(ids.to(pipe.device), steps=n_steps, guidance_scale=guidance,
+                             seed=[seeds[b] for b in idx], cond_frames=cf).cpu()  # (g, 3, F, S, S)
+
+    known = [given[grp[b]].clone() if given is not None else torch.zeros(0, n, dtype=torch.long) for b in range(B)]
+    ks: list[Budget] = list(budgets)
+    chunk_ends = [(f1 - 1) // 4 + 1 for _, f1 in chunk_spans(num_frames, vt.cfg.chunk_frames)]
+    spans = chunk_spans(num_frames, vt.cfg.chunk_frames)
+    made: list[Preview] = []
+    fired_p: list[set[int]] = [set() for _ in range(B)]
+    fired_c: list[set[int]] = [set() for _ in range(B)]
+    t_sample = t_stream = 0.0
+    windows = 0
+    while len(known[0]) < T:
+        have = len(known[0])
+        first = windows == 0
+        ctx = have if (first and have <= W - 1) else min(C, have)
+        with_cond = cond_codes is not None and first and ctx == have
+        nt = ctx + min(W - ctx, T - have)
+        prompts, programs = [], []
+        three = with_cond and (cfg_scale != 1 or image_cfg_scale != 1)
+        two = not with_cond and cfg_scale != 1 and any(c is not None for c in caps)
+        for b in range(B):
+            past = known[b][have - ctx :]
+            cond = None if cond_codes is None else cond_codes[grp[b]].numpy()
+
+            def make(cap: Any, cnd: Any, past: torch.Tensor = past, nt: int = nt, ctx: int = ctx,
+                     task: str = "ti2v" if with_cond else "t2v") -> Callable[[int, bool], SequenceSample]:
+                def fn(kk: int, auto: bool) -> SequenceSample:
+                    codes = np.zeros((nt, kk), dtype=np.int64)  # (nt, kk)
+                    codes[:ctx] = past[:, :kk].numpy()
+                    return SequenceSample(task, cap, codes, auto, cnd if task == "ti2v" else None)
+                return fn
+
+            streams = []
+            if three:
+                streams = [make(None, cond), make(None, None)]
+            elif two:
+                streams = [make(None, None)]
+            k = None if ks[b] == "auto" else ks[b]
+            pr, prog = generation_program(vocab, make(caps[b], cond), k, n, given_steps=ctx, streams=streams)
+            prompts.append(pr)
+            programs.append(prog)
+        weights = None
+        if three or two:
+            weights = cfg_weights_3(cfg_scale, image_cfg_scale, B) if three else cfg_weights_2(cfg_scale, B)
+        hook = None
+        if previews or callback is not None:
+            lo, hi = vocab.range("video")
+
+            def hook(step: int, progs: Sequence[RowProgram], have: int = have, ctx: int = ctx, lo: int = lo,
+                     hi: int = hi) -> None:
+                nonlocal t_stream
+                t0 = time.perf_counter()
+                for b, pg in enumerate(progs):
+                    k = pg.budget or (ks[b] if ks[b] != "auto" else None)
+                    if k is None:
+                        continue
+                    done = have + pg.n_codes // k
+                    todo_p = [t for t in previews if t <= done and t not in fired_p[b]]
+                    todo_c = [j for j, e in enumerate(chunk_ends) if e <= done and j not in fired_c[b]]
+                    if not todo_p and not (todo_c and callback is not None):
+                        continue
+                    rows = torch.tensor([t - lo for t in pg.out if lo <= t < hi])
+                    rows = rows[: len(rows) // k * k].view(-1, k)  # (steps in window, k)
+                    sofar = torch.cat([known[b][:have, :k], rows[ctx:]])  # (done, k)
+                    for t in todo_p:
+                        fired_p[b].add(t)
+                        v = decode(sofar[None, :t], [b], pipe.config.preview_steps)[0]
+                        ev = Preview("preview", b, "video", t, frames=[to_pil(f) for f in v.unbind(1)])
+                        _emit(ev, made, callback)
+                    for j in todo_c if callback is not None else []:
+                        fired_c[b].add(j)
+                        v = decode(sofar[None, : chunk_ends[j]], [b], steps)[0]
+                        f0 = 0 if j == 0 else spans[j][0] + 1
+                        _emit(Preview("chunk", b, "video", chunk_ends[j],
+                                      frames=[to_pil(f) for f in v[:, f0:].unbind(1)]), made, callback)
+                t_stream += time.perf_counter() - t0
+
+        clock = _timer()
+        out = pipe._sample(prompts, programs, params, seeds, weights, hook)
+        t_sample += clock()
+        for b in range(B):
+            s = _parse(pipe, out.prompts[b][0], out.tokens[b])
+            k = s.codes.shape[1]
+            ks[b] = k
+            known[b] = torch.cat([known[b][:, :k], torch.from_numpy(s.codes[ctx:])])  # (steps so far, k)
+        windows += 1
+    t_sample -= t_stream
+    clock = _timer()
+    videos: list[list[Any]] = [[] for _ in range(B)]
+    psnr: list[float] = []
+    pixels: list[torch.Tensor | None] = [None] * B
+    for k in sorted({int(x) for x in ks}):
+        idx = [b for b in range(B) if ks[b] == k]
+        v = decode(torch.stack([known[b][:T] for b in idx]), idx, steps)
+        for i, b in enumerate(idx):
+            pixels[b] = v[i]
+            videos[b] = [to_pil(f) for f in v[i].unbind(1)]  # frames
+    t_decode = clock()
+    if cond_frames is not None:
+        psnr = [psnr01(pixels[b][:, 0], cond_frames[grp[b]][:, 0]) for b in range(B)]
+    meta = dict(seeds=seeds, prompts=[g for g in groups for _ in range(num_samples)], requested_budgets=budgets,
+                num_frames=num_frames, time_steps=T, windows=windows, window_steps=W, rollout_context=C,
+                cfg_scale=cfg_scale, image_cfg_scale=image_cfg_scale if cond_codes is not None else None,
+                sampling_s=t_sample, decode_s=t_decode, stream_decode_s=t_stream, decoder_steps=steps,
+                task="ti2v" if imgs is not None else ("continuation" if vids is not None else "t2v"))
+    if psnr:
+        meta["first_frame_psnr"] = psnr
+    return GenerationResult(videos=videos, tokens=[known[b][:T] for b in range(B)], budgets=[int(k) for k in ks],
+                            previews=made, metadata=meta)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Captioning
+# ----------------------------------------------------------------------------------------------------
+
+
+def caption(
+    pipe: Pipeline, prompt: Any, imgs: list[Any] | None, vids: list[Any] | None, budget: Any, max_new: int, *,
+    num_samples: int, seed: Any, params: SamplingParams, preset: SamplerPreset, decoder_steps: int | None,
+    previews: list[int], callback: Callable[[Preview], None] | None,
+) -> GenerationResult:
+    """I2T / V2T; ``prompt`` (optional) is a caption prefix per input."""
+    modality = "image" if imgs is not None else "video"
+    tok, vocab = pipe._need(modality), pipe.vocab
+    n = pipe.max_budget[modality]
+    inputs = imgs if imgs is not None else vids
+    G, B = len(inputs), len(inputs) * num_samples
+    if prompt is None:
+        prefixes: list[str | None] = [None] * G
+    else:
+        prefixes = _prompts(prompt, G)
+        if len(prefixes) == 1:
+            prefixes = prefixes * G
+        if len(prefixes) != G:
+            raise ValueError(f"got {len(prefixes)} caption prefixes for {G} inputs")
+    budgets = _budgets(budget, G, num_samples, n, preset.budget, allow_auto=False)
+    seeds = _seeds(seed, B)
+    size = tok.cfg.image_size
+    if modality == "image":
+        codes = list(tok.tokenize(torch.stack([load_image(x, size) for x in inputs]).to(pipe.device)).cpu())
+    else:
+        codes = [tok.tokenize(load_video(x, size, pipe.config.fps)[None].to(pipe.device))[0].cpu() for x in inputs]
+        for c in codes:
+            if c.shape[0] > vocab.max_time_steps:
+                raise ValueError(
+                    f"a video of {num_frames_for_steps(c.shape[0])} frames has {c.shape[0]} time steps; the model "
+                    f"knows at most {vocab.max_time_steps} (<nt_1>..<nt_{vocab.max_time_steps}>): trim the video"
+                )
+    task = "i2t" if modality == "image" else "v2t"
+    prompts, programs = [], []
+    for b in range(B):
+        g = b // num_samples
+        c = codes[g][..., : budgets[b]].numpy()
+        prefix = pipe.text.encode(prefixes[g]) if prefixes[g] is not None else []
+        pr, prog = understanding_program(vocab, SequenceSample(task, np.zeros(1, dtype=np.int64), c), max_new, prefix)
+        prompts.append([pr])
+        programs.append(prog)
+    clock = _timer()
+    out = pipe._sample(prompts, programs, params, seeds, None)
+    t_sample = clock()
+    tokens, texts = [], []
+    for b in range(B):
+        s = _parse(pipe, out.prompts[b][0], out.tokens[b])
+        ids = s.caption if s.caption is not None else np.zeros(0, dtype=np.int64)
+        tokens.append(torch.from_numpy(np.asarray(ids, dtype=np.int64)))
+        texts.append(pipe.text.decode(ids.tolist()))
+    return GenerationResult(texts=texts, tokens=tokens, budgets=[int(k) for k in budgets],
+                            metadata=dict(seeds=seeds, sampling_s=t_sample, decode_s=0.0, task=task,
+                                          sampled_tokens=sum(len(t) for t in out.tokens)))
