@@ -202,10 +202,20 @@ def metric_names(runs: Sequence[Mapping[str, Any]], with_values: bool = False) -
     return names
 
 
+PERTURBED_PREFIX = "robust/"  # metrics of reconstructions from perturbed tokens share their base metric's panel
+
+
 def plot_budget_curves(runs: Sequence[Mapping[str, Any]], names: Sequence[str] | None = None,
                        labels: Sequence[str] | None = None, columns: int = 3) -> bytes:
-    """PNG bytes: one panel per metric, quality against budget (log2 axis), one line per run."""
-    names = list(names) if names is not None else metric_names(runs, with_values=True)
+    """PNG bytes: one panel per metric, quality against budget (log2 axis), one colour per run.
+
+    A metric ``robust/X`` is drawn dashed in the panel of ``X`` when both exist; the spread over seeds
+    (``metrics_std``) is shaded.
+    """
+    every = metric_names(runs, with_values=True)
+    if names is None:
+        names = [n for n in every if not (n.startswith(PERTURBED_PREFIX) and n[len(PERTURBED_PREFIX):] in every)]
+    names = list(names)
     if not names:
         raise ValueError("no per-budget metrics to plot")
     labels = list(labels) if labels is not None else [str(r.get("title", i)) for i, r in enumerate(runs)]
@@ -214,23 +224,29 @@ def plot_budget_curves(runs: Sequence[Mapping[str, Any]], names: Sequence[str] |
     fig = _figure(4.0 * cols, 3.0 * rows)
     for i, name in enumerate(names):
         ax = fig.add_subplot(rows, cols, i + 1)
-        for run, label in zip(runs, labels):
-            pts = [(b, run["metrics"].get(str(b), {}).get(name)) for b in run["budgets"]]
-            pts = [(b, v) for b, v in pts if v is not None]
-            if not pts:
-                continue
-            xs, ys = zip(*pts)
-            std = [run.get("metrics_std", {}).get(str(b), {}).get(name) for b in xs]
-            ax.plot(xs, ys, marker="o", label=label)
-            if all(s is not None for s in std):
-                ax.fill_between(xs, [y - s for y, s in zip(ys, std)], [y + s for y, s in zip(ys, std)], alpha=0.2)
+        dashed = PERTURBED_PREFIX + name
+        for r, (run, label) in enumerate(zip(runs, labels)):
+            for metric, style, tag in ((name, "-", label), (dashed, "--", f"{label}, perturbed tokens")):
+                if metric == dashed and (dashed in names or dashed not in every):
+                    continue
+                pts = [(b, run["metrics"].get(str(b), {}).get(metric)) for b in run["budgets"]]
+                pts = [(b, v) for b, v in pts if v is not None]
+                if not pts:
+                    continue
+                xs, ys = zip(*pts)
+                ax.plot(xs, ys, style, marker="o", color=f"C{r % 10}", label=tag, markersize=4)
+                std = [run.get("metrics_std", {}).get(str(b), {}).get(metric) for b in xs]
+                if all(s is not None for s in std):
+                    ax.fill_between(xs, [y - s for y, s in zip(ys, std)], [y + s for y, s in zip(ys, std)],
+                                    color=f"C{r % 10}", alpha=0.2)
         ax.set_xscale("log", base=2)
-        ax.set_title(name, fontsize=9)
+        ax.set_title(name + (" (dashed: perturbed tokens)" if dashed in every and dashed not in names else ""),
+                     fontsize=9)
         ax.set_xlabel(str(runs[0].get("budget_name", "k")), fontsize=8)
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
-        if i == 0 and len(runs) > 1:
-            ax.legend(fontsize=7)
+        if i == 0 and (len(runs) > 1 or dashed in every):
+            ax.legend(fontsize=6)
     fig.tight_layout()
     return _png_bytes(fig)
 
@@ -275,7 +291,7 @@ th, td { border: 1px solid #ddd; padding: .25em .6em; text-align: right; }
 th { background: #f4f4f4; } td.key { text-align: left; font-family: monospace; }
 figure { display: inline-block; margin: .4em; vertical-align: top; text-align: center; }
 figcaption { font-size: .8em; color: #555; } img.pixel { image-rendering: pixelated; }
-.missing { color: #b00; } #image-status { color: #666; font-size: .8em; }
+.missing { color: #b00; } div.wide { overflow-x: auto; } #image-status { color: #666; font-size: .8em; }
 """
 _STATUS_JS = """
 window.addEventListener('load', function () {
@@ -350,7 +366,8 @@ def _metrics_table(run: Mapping[str, Any]) -> str:
                         + (f" ± {_fmt(std[n])}" if std.get(n) is not None and row.get(n) is not None else "")
                         + "</td>" for n in names)
         body.append(f"<tr><th>{b}</th>{cells}</tr>")
-    return f"<table><tr><th>{html.escape(run.get('budget_name', 'k'))}</th>{head}</tr>{''.join(body)}</table>"
+    return (f"<div class='wide'><table><tr><th>{html.escape(run.get('budget_name', 'k'))}</th>{head}</tr>"
+            f"{''.join(body)}</table></div>")
 
 
 def _run_section(run_dir: Path, run: Mapping[str, Any], index: int) -> str:
