@@ -30,6 +30,8 @@ import numpy as np
 import torch
 
 from mm1d.modality import Vocab
+from mm1d.model.decode import DecodeState
+from mm1d.model.transformer import Transformer
 from mm1d.sequence import MOD_IMAGE, MOD_VIDEO, SequenceSample, build_document
 
 KIND_IMAGE, KIND_VIDEO, KIND_TEXT, KIND_BUDGET_IMAGE, KIND_BUDGET_VIDEO, KIND_FREE, KIND_TEXT_FIRST = range(7)
@@ -320,7 +322,8 @@ def sample_logits(logits: torch.Tensor, u: torch.Tensor, params: SamplingParams)
 
 
 class CausalLM(Protocol):
-    """What ``sample`` needs of a model (``mm1d.model.Transformer`` satisfies it)."""
+    """What ``sample`` needs of a model. An ``mm1d.model.Transformer`` runs through ``DecodeState``; any other
+    model (e.g. a test double) through ``new_kv_cache`` and ``hidden_states``."""
 
     lm_head: torch.nn.Module
 
@@ -349,6 +352,15 @@ class SampleOutput:
     budgets: list[int | None]
     logits: list[torch.Tensor] = field(default_factory=list)
     steps: int = 0
+
+
+def _decoder(model: CausalLM, rows: int, max_len: int) -> Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]:
+    """``(ids (R, T), token_mask) -> last hidden (R, D)``: the lean ``DecodeState`` for an mm1d
+    ``Transformer``, else the model's own ``new_kv_cache`` / ``hidden_states``."""
+    if isinstance(model, Transformer):
+        return DecodeState(model, rows, max_len).forward
+    cache = model.new_kv_cache(rows, max_len)
+    return lambda ids, mask: model.hidden_states(ids, kv_cache=cache, token_mask=mask)[:, -1]
 
 
 def draw_uniforms(seeds: Sequence[int], lengths: Sequence[int]) -> torch.Tensor:
@@ -427,9 +439,8 @@ def sample(
     visual = torch.zeros(len(KIND_NAMES), dtype=torch.bool, device=device)
     visual[list(VISUAL_KINDS)] = True
 
-    cache = model.new_kv_cache(S * B, total)
-    h = model.hidden_states(ids, kv_cache=cache, token_mask=None if bool(mask.all()) else mask)
-    logits = model.lm_head(h[:, -1]).float()  # (S*B, V)
+    step_fn = _decoder(model, S * B, total)
+    logits = model.lm_head(step_fn(ids, None if bool(mask.all()) else mask)).float()  # (S*B, V)
     out = SampleOutput(prompts=[[list(x) for x in p] for p in prompts], tokens=[], budgets=[])
     step = 0
     for step in range(steps):  # noqa: B007
@@ -454,8 +465,7 @@ def sample(
         if all(p.done for p in programs):
             break
         feed = tok.to(device).repeat(S)[:, None]  # (S*B, 1)
-        h = model.hidden_states(feed, kv_cache=cache)
-        logits = model.lm_head(h[:, -1]).float()  # (S*B, V)
+        logits = model.lm_head(step_fn(feed, None)).float()  # (S*B, V)
     out.tokens = [list(p.out) for p in programs]
     out.budgets = [p.budget for p in programs]
     out.steps = step + 1

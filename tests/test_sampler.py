@@ -9,6 +9,7 @@ import torch
 from mm1d.config import ModelConfig, VocabConfig
 from mm1d.modality import Vocab
 from mm1d.model import Transformer
+from mm1d.model.decode import DecodeState
 from mm1d.sampling import (
     KIND_IMAGE,
     KIND_TEXT,
@@ -83,6 +84,31 @@ def test_cached_and_uncached_logits_agree(model: Transformer) -> None:
             full = model(seq[None])[0]  # (L, V) uncached, no padding
         for t in range(len(out.tokens[b])):
             torch.testing.assert_close(out.logits[t][b], full[n_prompt - 1 + t], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("qk_norm", [False, True])
+def test_decode_state_matches_the_uncached_forward(qk_norm: bool) -> None:
+    torch.manual_seed(1)
+    cfg = ModelConfig(d_model=48, n_layers=2, n_heads=6, n_kv_heads=2, ffn_hidden=64, max_seq_len=64, qk_norm=qk_norm)
+    lm = Transformer(cfg, 97).eval()
+    rows = [torch.randint(0, 97, (n,)) for n in (5, 9, 7)]
+    lp = max(len(r) for r in rows)
+    ids = torch.zeros(3, lp, dtype=torch.long)
+    mask = torch.zeros(3, lp, dtype=torch.bool)
+    for b, r in enumerate(rows):
+        ids[b, lp - len(r) :], mask[b, lp - len(r) :] = r, True
+    state = DecodeState(lm, 3, 30)
+    extra = torch.randint(0, 97, (3, 6))
+    with torch.inference_mode():
+        got = [lm.lm_head(state.forward(ids, mask))]
+        for t in range(3):  # one-token steps
+            got.append(lm.lm_head(state.forward(extra[:, t : t + 1])))
+        got.append(lm.lm_head(state.forward(extra[:, 3:6])))  # several tokens after a padded prefill
+        for b, r in enumerate(rows):
+            full = lm(torch.cat([r, extra[b]])[None])[0]  # (L, V) uncached, unpadded
+            want = [full[len(r) - 1 + t] for t in range(4)] + [full[-1]]
+            for g, w in zip(got, want, strict=True):
+                torch.testing.assert_close(g[b], w, rtol=1e-4, atol=1e-4)
 
 
 class RandomLM(torch.nn.Module):
