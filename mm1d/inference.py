@@ -260,6 +260,13 @@ def _seeds(seed: int | Sequence[int] | None, n: int) -> list[int]:
     return seeds
 
 
+def _scale(value: float | None, default: float, name: str) -> float:
+    v = default if value is None else value
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not np.isfinite(v):
+        raise ValueError(f"{name} must be a finite number (1 disables guidance), got {v!r}")
+    return float(v)
+
+
 def _inputs(x: Any) -> list[Any] | None:
     if x is None:
         return None
@@ -432,21 +439,24 @@ class Pipeline:
                 raise ValueError("modality='text' (captioning) needs images= or videos= (exactly one of them)")
             from mm1d.generation_tasks import caption
 
-            return caption(self, prompt, imgs, vids, budget, max_new_tokens or preset.max_new_tokens, **opts)
+            n_new = preset.max_new_tokens if max_new_tokens is None else max_new_tokens
+            if isinstance(n_new, bool) or not isinstance(n_new, int) or n_new < 1:
+                raise ValueError(f"max_new_tokens must be a positive integer, got {n_new!r}")
+            return caption(self, prompt, imgs, vids, budget, n_new, **opts)
         if modality == "image":
             if imgs is not None or vids is not None:
                 raise ValueError("modality='image' takes no images=/videos=; caption them with modality='text', "
                                  "or animate a first frame with modality='video'")
             from mm1d.generation_tasks import text_to_image
 
-            return text_to_image(self, prompt, budget, cfg_scale or preset.cfg_scale, **opts)
+            return text_to_image(self, prompt, budget, _scale(cfg_scale, preset.cfg_scale, "cfg_scale"), **opts)
         if imgs is not None and vids is not None:
             raise ValueError("modality='video' takes images= (first frames) or videos= (clips to continue), not both")
         from mm1d.generation_tasks import text_to_video
 
         return text_to_video(
-            self, prompt, imgs, vids, budget, num_frames, cfg_scale or preset.cfg_scale,
-            image_cfg_scale or preset.image_cfg_scale, **opts,
+            self, prompt, imgs, vids, budget, num_frames, _scale(cfg_scale, preset.cfg_scale, "cfg_scale"),
+            _scale(image_cfg_scale, preset.image_cfg_scale, "image_cfg_scale"), **opts,
         )
 
 
