@@ -59,30 +59,34 @@ def _rss_mb() -> float:
         return int(f.read().split()[1]) * resource.getpagesize() / 2**20
 
 
-def _build(impl: str, cfg: ModelConfig, vocab_size: int, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
+def _build(
+    impl: str, cfg: ModelConfig, vocab_size: int, device: torch.device, dtype: torch.dtype, same_weights: bool = True
+) -> torch.nn.Module:
+    """Build one implementation; with ``same_weights`` the HF model gets our initial weights (by name)."""
     torch.manual_seed(0)
     if impl == "hf":
         from transformers import LlamaConfig, LlamaForCausalLM
 
         from mm1d.export_hf import llama_config
 
-        ours = Transformer(cfg, vocab_size)
         hf_cfg = llama_config(cfg, vocab_size)
-        hf_cfg.pop("architectures")
-        hf_cfg.pop("model_type")
-        hf_cfg.pop("torch_dtype")
-        hf_cfg.pop("dtype")
+        for key in ("architectures", "model_type", "torch_dtype", "dtype"):
+            hf_cfg.pop(key)
         model = LlamaForCausalLM(LlamaConfig(**hf_cfg, attn_implementation="sdpa"))
-        missing, unexpected = model.load_state_dict(ours.state_dict(), strict=False)
-        if unexpected or [k for k in missing if k != "lm_head.weight"]:
-            raise RuntimeError(f"weight names do not map onto Llama: missing {missing}, unexpected {unexpected}")
-        del ours
+        if same_weights:
+            ours = Transformer(cfg, vocab_size)
+            missing, unexpected = model.load_state_dict(ours.state_dict(), strict=False)
+            if unexpected or [k for k in missing if k != "lm_head.weight"]:
+                raise RuntimeError(f"weight names do not map onto Llama: missing {missing}, unexpected {unexpected}")
+            del ours
     else:
         model = Transformer(cfg, vocab_size)
     return model.to(device=device, dtype=dtype).train()
 
 
-def _step_fn(impl: str, model: torch.nn.Module, ids: torch.Tensor, targets: torch.Tensor, n_docs: int) -> Any:
+def _step_fn(
+    impl: str, model: torch.nn.Module, ids: torch.Tensor, targets: torch.Tensor, n_docs: int, chunk_tokens: int | None
+) -> Any:
     B, L = ids.shape
     doc_ids = positions = None
     if impl == "mm1d-packed":
@@ -97,7 +101,7 @@ def _step_fn(impl: str, model: torch.nn.Module, ids: torch.Tensor, targets: torc
             logits = model(input_ids=ids).logits
             loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
         elif impl == "mm1d-chunked":
-            ce, _ = model(ids, targets=targets)
+            ce, _ = model(ids, targets=targets, loss_chunk_tokens=chunk_tokens)
             loss = ce.mean()
         else:
             logits = model(ids, positions, doc_ids)
@@ -114,7 +118,7 @@ def _prepare(job: dict[str, Any], impl: str) -> tuple[Any, ModelConfig]:
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[job["dtype"]]
     cfg = ModelConfig(**job["models"][impl])
     B, L, V = job["batch"], job["seq"], job["vocab_size"]
-    model = _build(impl, cfg, V, device, dtype)
+    model = _build(impl, cfg, V, device, dtype, same_weights=not job.get("memory_only", False))
     if job["ckpt"]:
         if impl == "hf":
             model.gradient_checkpointing_enable()
@@ -127,7 +131,7 @@ def _prepare(job: dict[str, Any], impl: str) -> tuple[Any, ModelConfig]:
     gen = torch.Generator().manual_seed(1)
     ids = torch.randint(0, V, (B, L), generator=gen).to(device)
     targets = torch.randint(0, V, (B, L), generator=gen).to(device)
-    return _step_fn(impl, model, ids, targets, job["n_docs"]), cfg
+    return _step_fn(impl, model, ids, targets, job["n_docs"], job["loss_chunk"]), cfg
 
 
 def measure_speed(job: dict[str, Any]) -> dict[str, Any]:
@@ -221,6 +225,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: leave default)")
     parser.add_argument("--compile", action="store_true", help="torch.compile every block (both models)")
     parser.add_argument("--ckpt", action="store_true", help="activation checkpointing (both models)")
+    parser.add_argument("--loss-chunk", type=int, default=None, help="tokens per chunk for mm1d-chunked")
     parser.add_argument("--out", default=None, help="also write DIR/results.json")
     parser.add_argument("overrides", nargs="*", help="model.KEY=VALUE / vocab.KEY=VALUE")
     args = parser.parse_args(argv)
@@ -239,6 +244,7 @@ def main(argv: list[str] | None = None) -> None:
     base = dict(
         device=args.device, dtype=dtype, batch=args.batch, seq=args.seq, warmup=args.warmup, steps=args.steps,
         vocab_size=vocab_size, threads=args.threads, compile=args.compile, ckpt=args.ckpt, n_docs=args.n_docs,
+        loss_chunk=args.loss_chunk,
     )
     plain = to_dict(dataclasses.replace(cfg, qk_norm=False))  # Llama has no QK-norm: compare like with like
     models = {i: plain if i in ("mm1d", "hf") else to_dict(cfg) for i in impls}
@@ -248,11 +254,11 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"bench failed: {results['error']}")
     if not args.device.startswith("cuda") and not args.no_memory:
         for impl in impls:
-            results[impl].update(run_child(measure_cpu_memory, {**job, "impl": impl}))
+            results[impl].update(run_child(measure_cpu_memory, {**job, "impl": impl, "memory_only": True}))
     record: dict[str, Any] = {
         "bench": "train_step",
         "config": args.config or "cpu-default",
-        **{k: base[k] for k in ("device", "dtype", "batch", "seq", "compile", "ckpt")},
+        **{k: base[k] for k in ("device", "dtype", "batch", "seq", "compile", "ckpt", "loss_chunk")},
         "torch": torch.__version__,
         "device_name": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu",
         "threads": args.threads or torch.get_num_threads(),

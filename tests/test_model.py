@@ -235,8 +235,8 @@ def test_mm_3b_has_the_issue_shape() -> None:
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_flex_attention_on_gpu_matches_dense_mask_and_documents() -> None:
-    flex = make(qk_norm=True, attn_impl="flex").cuda().train()
-    dense = make(qk_norm=True, attn_impl="sdpa").cuda().train()  # same seed: same weights
+    flex = make(qk_norm=True, attn_impl="flex", max_seq_len=256).cuda().train()
+    dense = make(qk_norm=True, attn_impl="sdpa", max_seq_len=256).cuda().train()  # same seed: same weights
     lengths = [[70, 130, 56], [256]]
     ids = torch.randint(0, V, (2, 256), device="cuda")
     doc_ids = torch.tensor([[i for i, n in enumerate(r) for _ in range(n)] for r in lengths], device="cuda")

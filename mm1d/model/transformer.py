@@ -288,6 +288,7 @@ class Transformer(nn.Module):
         token_mask: torch.Tensor | None = None,
         targets: torch.Tensor | None = None,
         return_hidden: bool = False,
+        loss_chunk_tokens: int | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Logits, hidden states, or per-token losses.
 
@@ -296,6 +297,7 @@ class Transformer(nn.Module):
             targets: ``(B, L)`` long next-token targets, ``-100`` where no loss is taken. When given, the
                 full logits are never materialized: returns per-token cross-entropy and log-sum-exp.
             return_hidden: return the ``(B, L, D)`` final hidden states instead of logits.
+            loss_chunk_tokens: tokens per chunk of the ``targets`` loss (see ``token_losses``).
 
         Returns:
             ``(B, L, V)`` logits by default; ``(B, L, D)`` hidden states with ``return_hidden``; with
@@ -304,7 +306,7 @@ class Transformer(nn.Module):
         """
         h = self.hidden_states(input_ids, positions, doc_ids, kv_cache, token_mask)
         if targets is not None:
-            return self.token_losses(h, targets)
+            return self.token_losses(h, targets, loss_chunk_tokens)
         if return_hidden:
             return h
         return self.lm_head(h)
@@ -347,7 +349,9 @@ class Transformer(nn.Module):
     def _chunk_loss(self, h: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits = self.lm_head(h).float()  # (n, V)
         lse = torch.logsumexp(logits, dim=-1)  # (n,)
-        ce = F.cross_entropy(logits, t, ignore_index=-100, reduction="none")  # (n,)
+        keep = t != -100
+        target_logit = logits.gather(1, torch.where(keep, t, 0)[:, None])[:, 0]  # (n,)
+        ce = torch.where(keep, lse - target_logit, 0.0)  # one softmax pass serves both outputs
         return ce, lse
 
     # ---- helpers --------------------------------------------------------------------------------------
