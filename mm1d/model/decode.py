@@ -116,7 +116,7 @@ class DecodeState:
                 o = F.scaled_dot_product_attention(q, kk, vv, is_causal=True, enable_gqa=rep > 1)  # (B, H, T, hd)
             else:
                 qg = q.reshape(B, Hkv, rep * T, hd)  # query heads of one KV head side by side
-                o = F.scaled_dot_product_attention(qg, kk, vv, attn_mask=mask).view(B, H, T, hd)
+                o = F.scaled_dot_product_attention(qg, kk, vv, attn_mask=mask).reshape(B, H, T, hd)
             h = h + F.linear(o.transpose(1, 2).reshape(B, T, H * hd), wo)  # (B, T, D)
             x = self._norm(h, w_post)
             h = h + F.linear(F.silu(F.linear(x, wg)) * F.linear(x, wu), wd)
