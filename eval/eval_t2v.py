@@ -5,7 +5,7 @@
         [--top-k K] [--top-p P] [--decoder-steps N] [--prompts FILE] [--i3d PATH] [--reference DIR]
         [--clip DIR] [--no-ceiling]
 
-ShapesBench (default; use --splits val for seen combinations only, val,holdout for both): the captions of N
+ShapesBench (default: --splits val, the seen combinations; val,holdout adds the held-out ones): the captions of N
 ShapesWorld videos are generated at every budget (tokens per time step) and judged analytically; the headline
 is the share of videos with motion and colour right, beside per-attribute accuracy and the tokenizer ceiling
 (the judge on VideoFlexTok's reconstructions of the true videos from the same tokens). 'auto' lets the model

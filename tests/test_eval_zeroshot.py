@@ -249,15 +249,16 @@ def test_eval_t2i_end_to_end(assets: SimpleNamespace, tmp_path: Path) -> None:
 
 def test_eval_t2v_end_to_end(assets: SimpleNamespace, tmp_path: Path) -> None:
     out = tmp_path / "t2v"
-    _script("eval_t2v").main(["--model", str(assets.bundle), "--out", str(out), "--num", "2", "--splits", "val",
-                              "--frames", "9", "--budgets", "1,4,auto", "--i3d", str(assets.i3d), "--clip",
-                              str(assets.clip), "--no-progress"])
+    _script("eval_t2v").main(["--model", str(assets.bundle), "--out", str(out), "--num", "2", "--frames", "9",
+                              "--budgets", "1,4,auto", "--i3d", str(assets.i3d), "--clip", str(assets.clip),
+                              "--no-progress"])
     r = read_results(out)
     assert r["kind"] == "t2v-shapes" and r["budgets"] == [1, 4] and r["budget_name"] == "k per time step"
     for row in (r["metrics"]["1"], r["metrics"]["4"], r["summary"]["auto"]):
         assert row["fvd"] >= 0 and row["clipsim"] >= 0
         assert {"seen/motion_colour", "seen/motion", "ceiling/seen/motion_colour"} <= set(row)
     assert r["settings"]["sampler"]["num_frames"] == 9 and r["summary"]["headline"] == ["seen/motion_colour"]
+    assert r["summary"]["counts"] == {"seen": 2} and r["summary"]["targets"] == {"seen/motion_colour": 0.85}
     with Image.open(out / r["samples"]["4"][0]) as gif:
         assert gif.n_frames == 9
 

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 CEILING = "ceiling/"  # metric prefix of the tokenizer's own reconstructions
+UNBOUNDED = ("fid", "fvd", "clip_score", "clipsim", "cider")  # metrics not in [0, 1]
 
 
 def to_uint8_hwc(x: torch.Tensor) -> np.ndarray:
@@ -59,6 +60,8 @@ def plot_sweep(results: Mapping[str, Any], names: Sequence[str], path: str | Pat
             if x_auto is not None and auto.get(metric) is not None:
                 ax.plot([x_auto], [auto[metric]], "*", markersize=12, markerfacecolor=face, markeredgecolor="C2",
                         linestyle="none", label=label)
+        if not name.endswith(UNBOUNDED):  # accuracies share one scale
+            ax.set_ylim(-0.03, 1.03)
         if targets.get(name) is not None:
             ax.axhline(targets[name], linestyle=":", color="C3", label="target")
         ax.set_xscale("log", base=2)
