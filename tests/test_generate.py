@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import random
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,74 +14,18 @@ import torch
 
 import mm1d
 from mm1d import inference
-from mm1d.checkpoint import save_release_bundle
-from mm1d.config import (
-    FlexTokConfig,
-    GenerationConfig,
-    ModelConfig,
-    PretrainConfig,
-    TextTokenizerConfig,
-    TokenizerPaths,
-    VideoFlexTokConfig,
-    VocabConfig,
-)
-from mm1d.model import Transformer
-from mm1d.tokenization.flextok import FlexTok
-from mm1d.tokenization.text import TextTokenizer
+from mm1d.config import GenerationConfig
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from helpers_bundle import build_tiny_bundle  # noqa: E402
 
 HAVE_VIDEO = importlib.util.find_spec("mm1d.tokenization.videoflextok") is not None
 needs_video = pytest.mark.skipif(not HAVE_VIDEO, reason="mm1d/tokenization/videoflextok.py is not there yet")
 
-COLOURS = ["red", "green", "blue", "yellow", "purple", "cyan", "orange", "white"]
-SHAPES = ["circle", "square", "triangle", "diamond"]
-PLACES = ["top left", "top right", "bottom left", "bottom right", "center"]
-
-
-def captions(n: int) -> list[str]:
-    rng = random.Random(0)
-    out = []
-    for _ in range(n):
-        c, s, p = rng.choice(COLOURS), rng.choice(SHAPES), rng.choice(PLACES)
-        out.append(rng.choice([f"a {rng.choice(['small', 'large'])} {c} {s} in the {p}",
-                               f"a {c} {s} moving {rng.choice(['left', 'right', 'up', 'down'])}"]))
-    return out
-
-
-def _perturb(model: torch.nn.Module, prefixes: tuple[str, ...]) -> None:
-    """adaLN-zero starts as the identity; make the decoders depend on their inputs."""
-    with torch.no_grad():
-        for name, prm in model.named_parameters():
-            if name.startswith(prefixes) and prm.abs().sum() == 0:
-                prm.normal_(0, 0.02)
-
 
 @pytest.fixture(scope="session")
 def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("gen")
-    text = TextTokenizer.train(captions(400), TextTokenizerConfig(vocab_size=100, byte_fallback=False))
-    text.save_pretrained(root / "text")
-    torch.manual_seed(0)
-    ft = FlexTok(FlexTokConfig(image_size=16, patch_size=4, num_registers=8, fsq_levels=[8, 5, 5, 5], enc_depth=1,
-                               enc_dim=32, dec_depth=1, dec_dim=32, head_dim=16, decode_steps=2)).eval()
-    _perturb(ft, ("dec_blocks", "dec_final"))
-    ft.save_pretrained(root / "image")
-    paths = TokenizerPaths(text=str(root / "text"), image=str(root / "image"))
-    if HAVE_VIDEO:
-        from mm1d.tokenization.videoflextok import VideoFlexTok
-
-        vt = VideoFlexTok(VideoFlexTokConfig(image_size=16, chunk_frames=9, patch_size=8, num_registers=4,
-                                             enc_depth=1, enc_dim=32, dec_depth=1, dec_dim=32, head_dim=16,
-                                             decode_steps=2)).eval()
-        _perturb(vt, ("dec_blocks", "dec_final"))
-        vt.save_pretrained(root / "video")
-        paths.video = str(root / "video")
-    vocab = VocabConfig(text_size=128, image_codebook=1000, video_codebook=1000, max_budget=8, max_time_steps=6)
-    mcfg = ModelConfig(d_model=32, n_layers=2, n_heads=2, n_kv_heads=1, ffn_hidden=64, max_seq_len=200)
-    from mm1d.modality import Vocab
-
-    model = Transformer(mcfg, Vocab.from_config(vocab).size)
-    save_release_bundle(root / "bundle", model.state_dict(), PretrainConfig(model=mcfg, vocab=vocab, tokenizers=paths))
-    return root / "bundle"
+    return build_tiny_bundle(tmp_path_factory.mktemp("gen"), video=HAVE_VIDEO)
 
 
 @pytest.fixture(scope="session")
