@@ -1,7 +1,7 @@
 """A tiny random mm1d release bundle for tests (text tokenizer, FlexTok, VideoFlexTok, 2-layer model).
 
-The recipe is the one ``tests/test_generate.py`` builds in its ``bundle`` fixture (16 px images, 8 tokens,
-1000 codes); it lives here so other test files can build the same bundle without importing a test module.
+16 px images with 8 tokens, 1000 codes; shared by ``tests/test_generate.py`` and ``tests/test_eval_zeroshot.py``
+so that neither imports the other (test modules stay independent).
 """
 
 from __future__ import annotations

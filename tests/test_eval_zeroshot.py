@@ -17,7 +17,7 @@ import pytest
 import torch
 from PIL import Image
 
-from mm1d.config import GenerationConfig, ZeroShotEvalConfig
+from mm1d.config import GenerationConfig, ZeroShotEvalConfig, load_config
 from mm1d.data.shapes import render_image, render_video
 from mm1d.evaluation.judge import judge_image, judge_video, parse_caption
 from mm1d.evaluation.report import read_results, render_report
@@ -314,3 +314,22 @@ def test_missing_bundle_from_the_command_line(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, str(REPO / "eval" / "eval_t2i.py"), "--model", str(tmp_path / "nope"),
                            "--out", str(tmp_path / "o")], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert proc.returncode == 2 and "no mm1d release bundle" in proc.stderr and "eval_t2i.py: error" in proc.stderr
+
+
+def test_config_file_sets_the_protocol_and_flags_override_it(assets: SimpleNamespace, tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture) -> None:
+    yaml_path = tmp_path / "bench.yaml"
+    yaml_path.write_text("_schema_: eval_zeroshot\nnum: 3\nsplits: [holdout]\nbudgets: [8]\nauto: false\n"
+                         "seed: 5\ntemperature: 0.5\n")
+    out = tmp_path / "t2i"
+    _script("eval_t2i").main(["--config", str(yaml_path), "--model", str(assets.bundle), "--out", str(out),
+                              "--num", "1", "--no-progress"])
+    r = read_results(out)
+    assert r["summary"]["counts"] == {"heldout": 1} and r["budgets"] == [8] and "auto" not in r["summary"]
+    assert r["settings"]["seed"] == 5 and r["settings"]["sampler"]["temperature"] == 0.5
+    for name in ("shapesbench_t2i", "shapesbench_t2v", "shapesbench_caption"):  # the shipped protocols load
+        assert load_config(REPO / "configs" / "eval" / f"{name}.yaml", (), ZeroShotEvalConfig).num == 64
+    yaml_path.write_text("_schema_: eval_zeroshot\nnumm: 3\n")
+    with pytest.raises(SystemExit) as e:
+        _script("eval_t2i").main(["--config", str(yaml_path), "--out", str(out)])
+    assert e.value.code == 2 and "numm" in capsys.readouterr().err

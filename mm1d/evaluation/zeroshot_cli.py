@@ -32,6 +32,8 @@ def build_parser(task: str, doc: str | None) -> argparse.ArgumentParser:
     """The parser of one task (``t2i``, ``t2v`` or ``caption``); flags that do not apply are left out."""
     d = ZeroShotEvalConfig()
     p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default=None, help="YAML of ZeroShotEvalConfig fields, e.g. configs/eval/"
+                   f"shapesbench_{task}.yaml (the protocol); flags given on the command line override it")
     p.add_argument("--model", default="", help="release bundle directory (default: the shipped bundle)")
     p.add_argument("--out", required=True, help="output folder (results.json, plot, samples)")
     benchmarks = {"t2i": ("shapes", "prompts"), "t2v": ("shapes", "prompts"), "caption": ("shapes", "folder")}[task]
@@ -84,6 +86,20 @@ def build_parser(task: str, doc: str | None) -> argparse.ArgumentParser:
     return p
 
 
+def apply_config_file(p: argparse.ArgumentParser, path: str) -> None:
+    """Make the fields of a ``ZeroShotEvalConfig`` YAML the parser's defaults (the script sets the task and
+    ``--out``; raises ``ConfigError``, a ValueError, on unknown keys or wrong types)."""
+    import dataclasses
+
+    from mm1d.config import load_config
+
+    base = load_config(path, (), ZeroShotEvalConfig)
+    values = {k: v for k, v in dataclasses.asdict(base).items() if k not in ("task", "out", "ceiling", "progress",
+                                                                             "budgets", "auto")}
+    p.set_defaults(**values, budgets=(list(base.budgets), base.auto), no_ceiling=not base.ceiling,
+                   no_progress=not base.progress)
+
+
 def config_from_args(task: str, a: argparse.Namespace) -> ZeroShotEvalConfig:
     """A ``ZeroShotEvalConfig`` from parsed arguments (flags a task lacks keep their defaults)."""
     budgets, auto = a.budgets if a.budgets is not None else ([], True)
@@ -94,7 +110,7 @@ def config_from_args(task: str, a: argparse.Namespace) -> ZeroShotEvalConfig:
         decoder_steps=a.decoder_steps, ceiling=not a.no_ceiling, batch_size=a.batch_size, grid_count=a.grid_count,
         device=a.device, progress=not a.no_progress)
     for name in ("cfg_scale", "modality", "max_new_tokens", "auto_psnr", "inputs", "references", "tokenization",
-                 "prompts", "clip", "reference", "inception", "geneval_out", "i3d", "frames", "fps"):
+                 "prompts", "clip", "reference", "inception", "geneval_out", "i3d", "frames", "fps"):  # per task
         if hasattr(a, name):
             fields[name] = getattr(a, name)
     return ZeroShotEvalConfig(**fields)
@@ -108,6 +124,12 @@ def main_for(task: str, doc: str | None, argv: Sequence[str] | None, load: Calla
     from mm1d.evaluation.zeroshot_data import check_inputs, load_meters
 
     p = build_parser(task, doc)
+    pre, _ = p.parse_known_args(argv)
+    if pre.config:
+        try:
+            apply_config_file(p, pre.config)
+        except ValueError as e:
+            p.exit(2, f"{prog}: error: {e}\n")
     a = p.parse_args(argv)
     try:
         cfg = config_from_args(task, a)
