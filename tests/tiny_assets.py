@@ -33,7 +33,7 @@ def make_tokenizers(root: Path, text_vocab: int = 256) -> TokenizerPaths:
 
     torch.manual_seed(0)
     text = TextTokenizer.train(text_corpus(TextCorpusConfig(shapes_images=300, shapes_videos=60)),
-                               TextTokenizerConfig(vocab_size=text_vocab))
+                               TextTokenizerConfig(vocab_size=text_vocab, byte_fallback=False))
     text.save_pretrained(root / "text")
     FlexTok(FlexTokConfig(num_registers=N_IMAGE, **SMALL)).save_pretrained(root / "flextok")
     VideoFlexTok(VideoFlexTokConfig(num_registers=N_VIDEO, chunk_frames=FRAMES, **SMALL)).save_pretrained(root / "vft")

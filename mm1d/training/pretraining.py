@@ -47,7 +47,7 @@ def check_tokenizers(cfg: PretrainConfig, vocab: Vocab) -> None:
                 f"or train one with `python tokenizers/{script} --config configs/tokenizer/...`"
             )
         meta = json.loads(conf.read_text())
-        model = meta.get("model", meta)
+        model = meta.get("config", meta)
         levels = model.get("fsq_levels")
         if levels is not None:
             size = int(torch.tensor(levels).prod())

@@ -1,0 +1,154 @@
+"""train/pretrain.py end to end on tiny random tokenizers and shards: single process, the deepspeed launcher
+with 2 CPU ranks (ZeRO-2 and ZeRO-3), SIGKILL + resume, zero_to_fp32, and clear errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from conftest import free_port  # noqa: E402
+from tiny_assets import make_shards, make_tokenizers, tiny_vocab  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = ROOT / "configs" / "mm_tiny.yaml"
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    root = tmp_path_factory.mktemp("pretrain_assets")
+    paths = make_tokenizers(root)
+    train = make_shards(root / "tokens" / "train", paths, num_images=24, num_videos=6)
+    return {"paths": paths, "train": train}
+
+
+def overrides(assets: dict, out: Path, steps: int, **extra: str) -> list[str]:
+    v = tiny_vocab()
+    p = assets["paths"]
+    ov = {
+        "out_dir": str(out),
+        "model.d_model": "64", "model.n_layers": "2", "model.n_heads": "4", "model.n_kv_heads": "2",
+        "model.ffn_hidden": "128", "model.max_seq_len": "256",
+        "vocab.text_size": str(v.text_size), "vocab.max_budget": str(v.max_budget),
+        "vocab.max_time_steps": str(v.max_time_steps),
+        "tokenizers.text": p.text, "tokenizers.image": p.image, "tokenizers.video": p.video,
+        "data.shards": f"[{assets['train']}]", "data.seq_len": "256", "data.batch_size": "4",
+        "data.sequence.understanding_min_k": "1", "eval_data": "[]",
+        "train.max_steps": str(steps), "train.log_every": "1", "train.save_every": "3", "train.keep_last": "5",
+        "optim.lr": "3e-3", "optim.warmup_steps": "2", "engine.backend": "torch", "engine.zero_stage": "0",
+        "engine.deepspeed_config": "null",
+    }
+    ov.update(extra)
+    return [f"{k}={v}" for k, v in ov.items()]
+
+
+def env() -> dict[str, str]:
+    e = dict(os.environ)
+    e.update(OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT), WANDB_MODE="disabled", DS_ACCELERATOR="cpu")
+    for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        e.pop(k, None)
+    return e
+
+
+def python_run(args: list[str], **kw) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, str(ROOT / "train" / "pretrain.py"), "--config", str(CONFIG), *args]
+    return subprocess.run(cmd, env=env(), cwd=ROOT, capture_output=True, text=True, timeout=600, **kw)
+
+
+def losses(out: Path) -> dict[int, float]:
+    from mm1d.training.tracking import read_metrics
+
+    return {r["step"]: r["loss"] for r in read_metrics(out / "metrics.jsonl")}
+
+
+def test_single_process_run_learns_and_writes_a_loadable_bundle(assets: dict, tmp_path: Path) -> None:
+    from mm1d.checkpoint import load_release_bundle
+
+    r = python_run(overrides(assets, tmp_path, 12))
+    assert r.returncode == 0, r.stderr[-3000:]
+    lo = losses(tmp_path)
+    assert sorted(lo) == list(range(1, 13))
+    assert sum(list(lo.values())[-3:]) < sum(list(lo.values())[:3])  # the loss goes down
+    rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert all(k in rows[-1] for k in ("loss_text", "loss_image", "tok_per_s", "lr"))
+    bundle = load_release_bundle(tmp_path / "bundle")
+    assert bundle.model.vocab_size == bundle.vocab.size
+    assert bundle.tokenizer_dir("image") is not None and bundle.tokenizer_dir("video") is not None
+    assert bundle.text_path.is_file()
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_deepspeed_launcher_two_cpu_ranks(assets: dict, tmp_path: Path, stage: int) -> None:
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+    from safetensors.torch import load_file
+
+    cmd = [str(Path(sys.executable).parent / "deepspeed"), "--num_gpus", "2", "--master_port", str(free_port()), str(ROOT / "train" / "pretrain.py"),
+           "--config", str(CONFIG),
+           *overrides(assets, tmp_path, 8, **{"engine.backend": "deepspeed", "engine.zero_stage": str(stage),
+                                             "engine.deepspeed_config": f"configs/deepspeed/zero{stage}.json"})]
+    r = subprocess.run(cmd, env=env(), cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, (r.stdout[-2000:], r.stderr[-3000:])
+    lo = losses(tmp_path)
+    assert sorted(lo) == list(range(1, 9))
+    assert lo[8] < lo[1]
+    # The ZeRO checkpoint consolidates (zero_to_fp32) to exactly the weights of the release bundle.
+    ckpt = tmp_path / "checkpoints"
+    tag = (ckpt / "latest").read_text().strip()
+    fp32 = get_fp32_state_dict_from_zero_checkpoint(str(ckpt), tag=tag)
+    bundle = load_file(str(tmp_path / "bundle" / "model.safetensors"))
+    assert set(bundle) <= set(fp32)
+    for name, w in bundle.items():
+        torch.testing.assert_close(fp32[name].float(), w.float(), rtol=0, atol=0, msg=name)
+
+
+def test_sigkill_then_resume_gives_the_uninterrupted_losses(assets: dict, tmp_path: Path) -> None:
+    steps = 40
+    full, part = tmp_path / "full", tmp_path / "part"
+    r = python_run(overrides(assets, full, steps))
+    assert r.returncode == 0, r.stderr[-3000:]
+    cmd = [sys.executable, str(ROOT / "train" / "pretrain.py"), "--config", str(CONFIG),
+           *overrides(assets, part, steps)]
+    proc = subprocess.Popen(cmd, env=env(), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    latest = part / "checkpoints" / "latest"
+    deadline = time.time() + 300
+    while not latest.is_file() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = int(latest.read_text().strip().removeprefix("step"))
+    assert killed_at < steps, "the run finished before it could be killed"
+    r = python_run(overrides(assets, part, steps))
+    assert r.returncode == 0, r.stderr[-3000:]
+    a, b = losses(full), losses(part)
+    assert sorted(b) == list(range(1, steps + 1))
+    for s in range(killed_at, steps + 1):
+        assert b[s] == pytest.approx(a[s], abs=1e-5), s
+
+
+def test_clear_errors(assets: dict, tmp_path: Path) -> None:
+    from mm1d.config import PretrainConfig, load_config
+    from mm1d.modality import Vocab
+    from mm1d.training.pretraining import check_tokenizers
+
+    r = python_run(overrides(assets, tmp_path / "x", 1) + ["optim.lrr=1"])
+    assert r.returncode == 2 and "unknown config key 'optim.lrr'" in r.stderr and "Did you mean 'lr'" in r.stderr
+    cfg = load_config(CONFIG, overrides(assets, tmp_path / "y", 1, **{"tokenizers.image": str(tmp_path / "nope")}),
+                      PretrainConfig)
+    with pytest.raises(FileNotFoundError, match="image tokenizer bundle not found"):
+        check_tokenizers(cfg, Vocab.from_config(cfg.vocab))
+    cfg = load_config(CONFIG, overrides(assets, tmp_path / "y", 1, **{"vocab.image_codebook": "64"}), PretrainConfig)
+    with pytest.raises(ValueError, match="codebook 1000 != vocab.image_codebook 64"):
+        check_tokenizers(cfg, Vocab.from_config(cfg.vocab))
+    # A checkpoint of another model shape is refused with a clear message.
+    out = tmp_path / "shape"
+    assert python_run(overrides(assets, out, 3)).returncode == 0
+    r = python_run(overrides(assets, out, 6, **{"model.d_model": "96"}))
+    assert r.returncode != 0 and "another shape" in r.stderr
