@@ -90,7 +90,8 @@ def test_deepspeed_launcher_two_cpu_ranks(assets: dict, tmp_path: Path, stage: i
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
     from safetensors.torch import load_file
 
-    cmd = [str(Path(sys.executable).parent / "deepspeed"), "--num_gpus", "2", "--master_port", str(free_port()), str(ROOT / "train" / "pretrain.py"),
+    launcher = str(Path(sys.executable).parent / "deepspeed")
+    cmd = [launcher, "--num_gpus", "2", "--master_port", str(free_port()), str(ROOT / "train" / "pretrain.py"),
            "--config", str(CONFIG),
            *overrides(assets, tmp_path, 8, **{"engine.backend": "deepspeed", "engine.zero_stage": str(stage),
                                              "engine.deepspeed_config": f"configs/deepspeed/zero{stage}.json"})]
