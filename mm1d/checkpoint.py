@@ -30,6 +30,19 @@ from mm1d.model.bundle import load_model_bundle, save_model_bundle
 from mm1d.model.transformer import Transformer
 
 TEXT_MODEL = "text.model"
+REFS_FILE = "tokenizers.json"
+ASSETS = Path(__file__).resolve().parent / "assets"
+
+
+def resolve_asset(ref: str) -> Path:
+    """``asset:NAME`` -> ``mm1d/assets/NAME`` (a tokenizer shipped inside the package); other strings are paths."""
+    if ref.startswith("asset:"):
+        path = ASSETS / ref.removeprefix("asset:")
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"shipped asset {ref} not found at {path}; reinstall mm1d or run "
+                                    "`make tokenizers` to recreate the tiny tokenizers")
+        return path
+    return Path(ref)
 
 
 def text_model_path(path: str | Path) -> Path:
@@ -69,10 +82,18 @@ def save_release_bundle(out_dir: str | Path, weights: dict[str, torch.Tensor], c
         if cfg.tokenizers.text:
             (tmp / "text").mkdir()
             shutil.copy2(text_model_path(cfg.tokenizers.text), tmp / "text" / TEXT_MODEL)
+        refs = {}
         for name in ("image", "video"):
             src = getattr(cfg.tokenizers, name)
-            if src:
-                shutil.copytree(_check_bundle_dir(src, name, "Check tokenizers." + name), tmp / name)
+            if not src:
+                continue
+            src_dir = _check_bundle_dir(resolve_asset(src), name, "Check tokenizers." + name).resolve()
+            if src_dir.parent == ASSETS:  # shipped tokenizers are referenced, not copied (package size)
+                refs[name] = f"asset:{src_dir.name}"
+            else:
+                shutil.copytree(src_dir, tmp / name)
+        if refs:
+            (tmp / REFS_FILE).write_text(json.dumps(refs, indent=2))
         if out.exists():
             old = out.with_name(f".{out.name}.old")
             shutil.rmtree(old, ignore_errors=True)
@@ -101,8 +122,16 @@ class ReleaseBundle:
         return text_model_path(self.path / "text")
 
     def tokenizer_dir(self, modality: str) -> Path | None:
+        """The FlexTok ('image') or VideoFlexTok ('video') bundle: a copy inside, or a shipped asset."""
         p = self.path / modality
-        return p if (p / "config.json").is_file() else None
+        if (p / "config.json").is_file():
+            return p
+        refs = self.path / REFS_FILE
+        if refs.is_file():
+            ref = json.loads(refs.read_text()).get(modality)
+            if ref:
+                return resolve_asset(ref)
+        return None
 
 
 def load_release_bundle(path: str | Path, device: torch.device | str = "cpu",

@@ -1,17 +1,65 @@
 #!/usr/bin/env bash
-# The main job on the embedded default: ShapesWorld data, judged analytically. Resumable: finished stages
-# are skipped on a second run.
+# The main job on the embedded default (ShapesWorld, tiny configs, CPU, no downloads):
+#   1 setup  2 ShapesWorld splits  3 text tokenizer  4 pretokenize with the shipped tiny tokenizers
+#   5 deepspeed --num_gpus 2 train/pretrain.py (2 CPU ranks, ZeRO-2)  6 release bundle  7 eval suite + report
+# Resumable: a finished stage leaves RUN/.stage-N and is skipped; pretraining resumes from its checkpoint.
+# Environment: RUN (default runs/main), STEPS (pretraining steps, default from configs/mm_tiny.yaml),
+# NUM_IMAGES / NUM_VIDEOS (train split size), EVAL_NUM (prompts per split), SHIP=1 copies the bundle into
+# mm1d/assets/shapes-tiny.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 WANDB_MODE=disabled DS_ACCELERATOR=cpu
-RUN=${RUN:-runs/main}
-PY=.venv/bin/python
-for split in train val holdout; do
-  if [ ! -f "$RUN/data/$split/.done" ]; then
-    $PY -m mm1d.data.shapes --out "$RUN/data/$split" --split "$split" --num-images 2000 --num-videos 400 --seed 0
-    touch "$RUN/data/$split/.done"
-  fi
-done
-$PY eval/judge_shapes.py --data "$RUN/data/val" | tee "$RUN/judge_val.json"
-echo "main job done: $RUN"
+export TORCH_EXTENSIONS_DIR="${TORCH_EXTENSIONS_DIR:-$PWD/.cache/torch_extensions}"
+RUN=${RUN:-runs/main}; PY=.venv/bin/python
+NUM_IMAGES=${NUM_IMAGES:-20000}; NUM_VIDEOS=${NUM_VIDEOS:-4000}; EVAL_NUM=${EVAL_NUM:-64}
+mkdir -p "$RUN"
+TIMES="$RUN/stage_times.tsv"
+
+stage() {  # stage N NAME CMD...
+  local n=$1 name=$2; shift 2
+  if [ -f "$RUN/.stage-$n" ]; then echo "== stage $n ($name): done, skipped"; return; fi
+  echo "== stage $n ($name)"
+  local t0=$SECONDS
+  "$@"
+  printf "%s\t%s\t%d\n" "$n" "$name" $((SECONDS - t0)) >> "$TIMES"
+  touch "$RUN/.stage-$n"
+}
+
+shapes() {
+  $PY -m mm1d.data.shapes --out "$RUN/data/train" --split train --num-images "$NUM_IMAGES" --num-videos "$NUM_VIDEOS" --seed 0
+  $PY -m mm1d.data.shapes --out "$RUN/data/val" --split val --num-images 512 --num-videos 128 --seed 1
+  $PY -m mm1d.data.shapes --out "$RUN/data/holdout" --split holdout --num-images 512 --num-videos 128 --seed 2
+}
+pretok() {
+  for split in train val; do
+    $PY tokenizers/pretokenize.py --config configs/tokenizer/pretokenize_tiny.yaml out_dir="$RUN/tokens/$split" \
+      source="$RUN/data/$split" tokenizers.text="$RUN/text/bundle"
+  done
+}
+pretrain() {
+  local extra=()
+  [ -n "${STEPS:-}" ] && extra+=("train.max_steps=$STEPS")
+  .venv/bin/deepspeed --num_gpus 2 train/pretrain.py --config configs/mm_tiny.yaml out_dir="$RUN/mm_tiny" \
+    tokenizers.text="$RUN/text/bundle" "data.shards=[$RUN/tokens/train]" "eval_data=[$RUN/tokens/val]" "${extra[@]}"
+}
+ship() {
+  if [ "${SHIP:-0}" = 1 ]; then $PY scripts/pack_asset.py "$RUN/mm_tiny/bundle" shapes-tiny; fi
+}
+evaluate() {
+  local m="$RUN/mm_tiny/bundle" o="$RUN/eval"
+  $PY eval/eval_t2i.py --config configs/eval/shapesbench_t2i.yaml --model "$m" --num "$EVAL_NUM" --out "$o/t2i"
+  $PY eval/eval_t2v.py --config configs/eval/shapesbench_t2v.yaml --model "$m" --num "$EVAL_NUM" --out "$o/t2v"
+  $PY eval/eval_caption.py --config configs/eval/shapesbench_caption.yaml --model "$m" --num "$EVAL_NUM" --out "$o/caption"
+  $PY eval/eval_caption.py --config configs/eval/shapesbench_caption.yaml --model "$m" --num "$EVAL_NUM" \
+    --modality video --out "$o/caption_video"
+  $PY eval/report.py --runs "$o/t2i" "$o/t2v" "$o/caption" "$o/caption_video" --out "$RUN/report.html"
+}
+
+stage 2 shapesworld shapes
+stage 3 text_tokenizer $PY tokenizers/train_text.py --config configs/tokenizer/text_tiny.yaml out_dir="$RUN/text"
+stage 4 pretokenize pretok
+stage 5 pretrain pretrain
+stage 6 bundle ship
+stage 7 eval evaluate
+echo "main job done. Stage times: $TIMES. Report: $RUN/report.html (open it in a browser)."

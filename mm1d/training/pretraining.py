@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from mm1d.checkpoint import save_release_bundle, text_model_path
+from mm1d.checkpoint import resolve_asset, save_release_bundle, text_model_path
 from mm1d.config import PretrainConfig, to_dict
 from mm1d.data.packing import PackedBatch
 from mm1d.modality import Vocab
@@ -39,7 +39,7 @@ def check_tokenizers(cfg: PretrainConfig, vocab: Vocab) -> None:
         path = getattr(cfg.tokenizers, name)
         if not path:
             continue
-        conf = Path(path) / "config.json"
+        conf = resolve_asset(path) / "config.json"
         if not conf.is_file():
             script = "train_flextok.py" if name == "image" else "train_videoflextok.py"
             raise FileNotFoundError(
