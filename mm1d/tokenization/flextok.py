@@ -17,18 +17,15 @@ All tensors are batch first; attention is plain SDPA (no compilation, any batch 
 from __future__ import annotations
 
 import copy
-import json
 import math
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mm1d.config import FlexTokConfig, from_dict, to_dict
+from mm1d.config import FlexTokConfig
 from mm1d.tokenization.blocks import (
     AdaLNBlock,
     AdaLNFinal,
@@ -40,19 +37,13 @@ from mm1d.tokenization.blocks import (
     sincos_2d,
     unpatchify,
 )
+from mm1d.tokenization.bundle import RegisterTokenizer
 from mm1d.tokenization.flow import APGConfig, add_noise, euler_sample, guided_velocity, sample_timesteps
 from mm1d.tokenization.fsq import FSQ
 from mm1d.tokenization.latents import build_latent
 from mm1d.tokenization.repa import FeatureFn, build_feature_extractor, teacher_grid
-from mm1d.utils import atomic_path, atomic_write_text
 
 BUNDLE_FORMAT = "mm1d.flextok"
-WEIGHTS_FILE = "model.safetensors"
-CONFIG_FILE = "config.json"
-
-
-def _rand_device(generator: torch.Generator | None, device: torch.device) -> torch.device | str:
-    return generator.device if generator is not None else device
 
 
 def sample_keep_k(
@@ -93,7 +84,7 @@ def nested_dropout_mask(keep_k: torch.Tensor, num_registers: int) -> torch.Tenso
     return torch.arange(num_registers, device=keep_k.device)[None, :] >= keep_k[:, None]
 
 
-class FlexTok(nn.Module):
+class FlexTok(RegisterTokenizer):
     """The FlexTok tokenizer. See the module docstring; build from a :class:`FlexTokConfig`.
 
     Args:
@@ -101,6 +92,11 @@ class FlexTok(nn.Module):
         load_latent: build the latent backend (False: only the transformer parts, e.g. to count
             parameters on the meta device without a VAE on disk).
     """
+
+    NAME = "FlexTok"
+    MEDIA = "images"
+    CONFIG_CLASS = FlexTokConfig
+    BUNDLE_FORMAT = BUNDLE_FORMAT
 
     def __init__(self, cfg: FlexTokConfig, load_latent: bool = True) -> None:
         super().__init__()
@@ -183,40 +179,11 @@ class FlexTok(nn.Module):
         if cfg.latent == "pixels":
             need(cfg.latent_channels == 3 and cfg.latent_downsample == 1, "pixels latent: 3 channels, downsample 1")
 
-    def _init_weights(self) -> None:
-        for m in self.modules():
-            if isinstance(m, nn.Linear) and m.weight.device.type != "meta":
-                if m.weight.abs().sum() == 0:  # keep the adaLN-zero / zero-head initializations
-                    continue
-                nn.init.xavier_uniform_(m.weight)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-        for prm in (self.enc_registers, self.dec_reg_pos, self.mask_token, self.null_cond):
-            nn.init.trunc_normal_(prm, std=0.02)
-        if self.summary is not None:
-            nn.init.zeros_(self.summary[-1].weight)
-            nn.init.zeros_(self.summary[-1].bias)
-
-    @property
-    def codebook_size(self) -> int:
-        """Number of distinct token ids."""
-        return self.fsq.codebook_size
-
-    @property
-    def num_registers(self) -> int:
-        """N, the maximum number of tokens per image."""
-        return self.cfg.num_registers
-
     def set_repa_teacher(self, fn: FeatureFn | None) -> None:
         """Use ``fn`` (frozen, not saved) as the REPA feature extractor instead of the configured spec."""
         self._teacher = fn
 
     # ---- checks -------------------------------------------------------------------------------------
-    def _require_latent(self) -> nn.Module:
-        if self.latent is None:
-            raise RuntimeError("this FlexTok was built with load_latent=False; it cannot encode or decode images")
-        return self.latent
-
     def _check_images(self, images: torch.Tensor) -> None:
         if not isinstance(images, torch.Tensor) or images.dim() != 4:
             raise ValueError(f"images must be a (B, 3, H, W) tensor, got {getattr(images, 'shape', type(images))}")
@@ -228,19 +195,6 @@ class FlexTok(nn.Module):
         lo, hi = float(images.min()), float(images.max())
         if lo < -1.001 or hi > 1.001:
             raise ValueError(f"images must be in [-1, 1], got values in [{lo:.3g}, {hi:.3g}]")
-
-    def _check_k(self, k: int) -> None:
-        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= self.num_registers:
-            raise ValueError(f"k must be an integer in [1, {self.num_registers}], got {k!r}")
-
-    @contextmanager
-    def _eval_mode(self) -> Iterator[None]:
-        was_training = self.training
-        self.eval()
-        try:
-            yield
-        finally:
-            self.train(was_training)
 
     # ---- encoder ------------------------------------------------------------------------------------
     def encode_registers(self, latents: torch.Tensor, k: int | None = None) -> torch.Tensor:
@@ -406,14 +360,7 @@ class FlexTok(nn.Module):
         steps = cfg.decode_steps if steps is None else steps
         scale = cfg.guidance_scale if guidance_scale is None else float(guidance_scale)
         use_apg = cfg.apg if apg is None else apg
-        if seed is None:
-            seeds = torch.randint(0, 2**62, (b,)).tolist()
-        elif isinstance(seed, int):
-            seeds = [seed + i for i in range(b)]
-        else:
-            seeds = [int(s) for s in seed]
-            if len(seeds) != b:
-                raise ValueError(f"got {len(seeds)} seeds for {b} samples")
+        seeds = self._seeds(seed, b)
         latent = self._require_latent()
         device = self.dec_patch.weight.device
         shape = (cfg.latent_channels, self.latent_size, self.latent_size)
@@ -467,7 +414,7 @@ class FlexTok(nn.Module):
         cfg = self.cfg
         self._check_images(images)
         device = self.dec_patch.weight.device
-        rdev = _rand_device(generator, device)
+        rdev = self._rand_device(generator, device)
         b, n = images.shape[0], self.num_registers
         images = images.to(device)
         x0 = self._require_latent().encode(images, generator).float()  # (B, C, h, w)
@@ -514,53 +461,6 @@ class FlexTok(nn.Module):
         metrics["codes_used"] = float(torch.unique(ids).numel())
         metrics["keep_k"] = float(keep.float().mean())
         return loss, metrics
-
-    # ---- bundles ------------------------------------------------------------------------------------
-    def save_pretrained(self, directory: str | Path) -> None:
-        """Write ``model.safetensors`` and ``config.json`` (and ``vae/`` for a VAE latent) atomically.
-
-        Args:
-            directory: created if missing; existing files are replaced atomically.
-        """
-        from safetensors.torch import save_file
-
-        out = Path(directory)
-        out.mkdir(parents=True, exist_ok=True)
-        cfg = copy.deepcopy(self.cfg)
-        if cfg.latent == "vae":
-            self._require_latent().save(out / "vae")
-            cfg.vae_path = "vae"
-        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        with atomic_path(out / WEIGHTS_FILE) as tmp:
-            save_file(state, str(tmp), metadata={"format": BUNDLE_FORMAT})
-        meta = {"format": BUNDLE_FORMAT, "version": 1, "config": to_dict(cfg)}
-        atomic_write_text(out / CONFIG_FILE, json.dumps(meta, indent=2))
-
-    @classmethod
-    def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu") -> FlexTok:
-        """Load a bundle written by :meth:`save_pretrained` (in eval mode).
-
-        Raises:
-            FileNotFoundError: naming the missing directory or file.
-            ValueError: if the bundle is not a FlexTok bundle or its weights do not match its config.
-        """
-        from safetensors.torch import load_file
-
-        d = Path(directory)
-        for name in (CONFIG_FILE, WEIGHTS_FILE):
-            if not (d / name).is_file():
-                raise FileNotFoundError(f"FlexTok bundle {str(d)!r} is missing {name}")
-        meta = json.loads((d / CONFIG_FILE).read_text())
-        if meta.get("format") != BUNDLE_FORMAT:
-            raise ValueError(f"{d / CONFIG_FILE} is not a FlexTok bundle (format={meta.get('format')!r})")
-        cfg = from_dict(FlexTokConfig, meta["config"])
-        if cfg.latent == "vae" and cfg.vae_path and not Path(cfg.vae_path).is_absolute():
-            cfg.vae_path = str(d / cfg.vae_path)
-        model = cls(cfg)
-        missing, unexpected = model.load_state_dict(load_file(str(d / WEIGHTS_FILE)), strict=False)
-        if missing or unexpected:
-            raise ValueError(f"bundle weights do not match its config: missing {missing}, unexpected {unexpected}")
-        return model.to(device).eval()
 
 
 def parameter_report(cfg: FlexTokConfig) -> dict[str, int]:

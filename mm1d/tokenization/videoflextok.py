@@ -28,31 +28,21 @@ GIF) are re-exported from :mod:`mm1d.tokenization.video_io`.
 
 from __future__ import annotations
 
-import copy
-import json
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from mm1d.config import VideoFlexTokConfig, from_dict, to_dict
+from mm1d.config import VideoFlexTokConfig
 from mm1d.tokenization.flextok import sample_keep_k
 from mm1d.tokenization.flow import add_noise, sample_timesteps, velocity_target
 from mm1d.tokenization.video_io import read_video, write_video
 from mm1d.tokenization.video_latents import FRAMES_PER_STEP, num_frames_for_steps
 from mm1d.tokenization.videoflextok_core import VideoFlexTokCore, chunk_spans
-from mm1d.utils import atomic_path, atomic_write_text
 
 __all__ = ["VideoFlexTok", "parameter_report", "chunk_spans", "read_video", "write_video"]
 
 BUNDLE_FORMAT = "mm1d.videoflextok"
-WEIGHTS_FILE = "model.safetensors"
-CONFIG_FILE = "config.json"
-
-
-def _rand_device(generator: torch.Generator | None, device: torch.device) -> torch.device | str:
-    return generator.device if generator is not None else device
 
 
 def _step_mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -68,6 +58,8 @@ class VideoFlexTok(VideoFlexTokCore):
         load_latent: build the latent backend (False: transformer parts only, e.g. to count parameters
             on the meta device without a VAE on disk).
     """
+
+    BUNDLE_FORMAT = BUNDLE_FORMAT
 
     # ---- public API ---------------------------------------------------------------------------------
     @torch.no_grad()
@@ -113,17 +105,6 @@ class VideoFlexTok(VideoFlexTokCore):
         padded = torch.zeros(b, t, self.num_registers, dtype=torch.long)
         padded[..., :k] = ids.cpu()
         return padded, k
-
-    @staticmethod
-    def _seeds(seed: int | Sequence[int] | None, b: int) -> list[int]:
-        if seed is None:
-            return torch.randint(0, 2**62, (b,)).tolist()
-        if isinstance(seed, int):
-            return [seed + i for i in range(b)]
-        seeds = [int(s) for s in seed]
-        if len(seeds) != b:
-            raise ValueError(f"got {len(seeds)} seeds for {b} samples")
-        return seeds
 
     @torch.no_grad()
     def detokenize(
@@ -233,7 +214,7 @@ class VideoFlexTok(VideoFlexTokCore):
             raise ValueError(f"training videos must have at most chunk_frames={cfg.chunk_frames} frames, "
                              f"got {video.shape[2]}")
         device = self.dec_patch.weight.device
-        rdev = _rand_device(generator, device)
+        rdev = self._rand_device(generator, device)
         cpu_gen = generator if generator is not None and generator.device.type == "cpu" else None
         b, n = video.shape[0], self.num_registers
         x0 = self._require_latent().encode(video.to(device)).float()  # (B, C, T, h, w)
@@ -282,63 +263,6 @@ class VideoFlexTok(VideoFlexTokCore):
         metrics["keep_k"] = float(keep.float().mean())
         metrics["prefix_steps"] = float(prefix.float().sum(1).mean())
         return loss, metrics
-
-    # ---- bundles ------------------------------------------------------------------------------------
-    def save_pretrained(self, directory: str | Path) -> None:
-        """Write ``model.safetensors`` and ``config.json`` (and ``vae/`` for a VAE latent) atomically.
-
-        Args:
-            directory: created if missing; existing files are replaced atomically.
-        """
-        from safetensors.torch import save_file
-
-        out = Path(directory)
-        out.mkdir(parents=True, exist_ok=True)
-        cfg = copy.deepcopy(self.cfg)
-        if cfg.latent == "vae":
-            self._require_latent().save(out / "vae")
-            cfg.vae_path = "vae"
-        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        with atomic_path(out / WEIGHTS_FILE) as tmp:
-            save_file(state, str(tmp), metadata={"format": BUNDLE_FORMAT})
-        meta = {"format": BUNDLE_FORMAT, "version": 1, "config": to_dict(cfg)}
-        atomic_write_text(out / CONFIG_FILE, json.dumps(meta, indent=2))
-
-    @classmethod
-    def from_pretrained(
-        cls, directory: str | Path, device: str | torch.device = "cpu", vae_path: str | None = None
-    ) -> VideoFlexTok:
-        """Load a bundle written by :meth:`save_pretrained` (in eval mode).
-
-        Args:
-            directory: the bundle directory.
-            device: where to put the model.
-            vae_path: override the VAE directory stored in the bundle (a relative path there is resolved
-                against the bundle).
-
-        Raises:
-            FileNotFoundError: naming the missing directory or file.
-            ValueError: if the bundle is not a VideoFlexTok bundle or its weights do not match its config.
-        """
-        from safetensors.torch import load_file
-
-        d = Path(directory)
-        for name in (CONFIG_FILE, WEIGHTS_FILE):
-            if not (d / name).is_file():
-                raise FileNotFoundError(f"VideoFlexTok bundle {str(d)!r} is missing {name}")
-        meta = json.loads((d / CONFIG_FILE).read_text())
-        if meta.get("format") != BUNDLE_FORMAT:
-            raise ValueError(f"{d / CONFIG_FILE} is not a VideoFlexTok bundle (format={meta.get('format')!r})")
-        cfg = from_dict(VideoFlexTokConfig, meta["config"])
-        if vae_path is not None:
-            cfg.vae_path = vae_path
-        elif cfg.latent == "vae" and cfg.vae_path and not Path(cfg.vae_path).is_absolute():
-            cfg.vae_path = str(d / cfg.vae_path)
-        model = cls(cfg)
-        missing, unexpected = model.load_state_dict(load_file(str(d / WEIGHTS_FILE)), strict=False)
-        if missing or unexpected:
-            raise ValueError(f"bundle weights do not match its config: missing {missing}, unexpected {unexpected}")
-        return model.to(device).eval()
 
 
 def parameter_report(cfg: VideoFlexTokConfig) -> dict[str, int]:

@@ -8,8 +8,6 @@ docstring there describes the method.
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -27,6 +25,7 @@ from mm1d.tokenization.blocks import (
     sincos_2d,
     unpatchify,
 )
+from mm1d.tokenization.bundle import RegisterTokenizer
 from mm1d.tokenization.flextok import nested_dropout_mask
 from mm1d.tokenization.flow import APGConfig, euler_sample, guided_velocity
 from mm1d.tokenization.fsq import FSQ
@@ -61,7 +60,7 @@ def chunk_spans(num_frames: int, chunk_frames: int) -> list[tuple[int, int]]:
     return spans
 
 
-class VideoFlexTokCore(nn.Module):
+class VideoFlexTokCore(RegisterTokenizer):
     """Modules and forward passes of VideoFlexTok; build from a :class:`VideoFlexTokConfig`.
 
     Args:
@@ -69,6 +68,10 @@ class VideoFlexTokCore(nn.Module):
         load_latent: build the latent backend (False: transformer parts only, e.g. to count parameters
             on the meta device without a VAE on disk).
     """
+
+    NAME = "VideoFlexTok"
+    MEDIA = "videos"
+    CONFIG_CLASS = VideoFlexTokConfig
 
     def __init__(self, cfg: VideoFlexTokConfig, load_latent: bool = True) -> None:
         super().__init__()
@@ -162,36 +165,7 @@ class VideoFlexTokCore(nn.Module):
         time = sincos_1d(torch.arange(self.max_steps), dim)  # (Tm, dim)
         return space[None] + time[:, None]
 
-    def _init_weights(self) -> None:
-        for m in self.modules():
-            if isinstance(m, nn.Linear) and m.weight.device.type != "meta":
-                if m.weight.abs().sum() == 0:  # keep the adaLN-zero / zero-head initializations
-                    continue
-                nn.init.xavier_uniform_(m.weight)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-        for prm in (self.enc_registers, self.dec_reg_pos, self.mask_token, self.null_cond):
-            nn.init.trunc_normal_(prm, std=0.02)
-        if self.summary is not None:
-            nn.init.zeros_(self.summary[-1].weight)
-            nn.init.zeros_(self.summary[-1].bias)
-
-    @property
-    def codebook_size(self) -> int:
-        """Number of distinct token ids."""
-        return self.fsq.codebook_size
-
-    @property
-    def num_registers(self) -> int:
-        """N, the maximum number of tokens per time step."""
-        return self.cfg.num_registers
-
     # ---- checks -------------------------------------------------------------------------------------
-    def _require_latent(self) -> nn.Module:
-        if self.latent is None:
-            raise RuntimeError("this VideoFlexTok was built with load_latent=False; it cannot encode or decode")
-        return self.latent
-
     def check_video(self, video: torch.Tensor) -> None:
         """Raise a ValueError naming the problem unless ``video`` is ``[B, 3, 1+4m, S, S]`` in [-1, 1]."""
         if not isinstance(video, torch.Tensor) or video.dim() != 5:
@@ -207,19 +181,6 @@ class VideoFlexTokCore(nn.Module):
         lo, hi = float(video.min()), float(video.max())
         if lo < -1.001 or hi > 1.001:
             raise ValueError(f"video must be in [-1, 1], got values in [{lo:.3g}, {hi:.3g}]")
-
-    def _check_k(self, k: int) -> None:
-        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= self.num_registers:
-            raise ValueError(f"k must be an integer in [1, {self.num_registers}], got {k!r}")
-
-    @contextmanager
-    def _eval_mode(self) -> Iterator[None]:
-        was_training = self.training
-        self.eval()
-        try:
-            yield
-        finally:
-            self.train(was_training)
 
     # ---- sequence layout ----------------------------------------------------------------------------
     def _layout(self, steps: int, regs: int, device: torch.device) -> tuple[torch.Tensor, ...]:

@@ -1,0 +1,176 @@
+"""What FlexTok and VideoFlexTok share: weight initialization, common properties and checks, and bundles.
+
+A tokenizer bundle is a directory holding
+
+- ``config.json``: ``{"format": <BUNDLE_FORMAT>, "version": 1, "config": <the model config as a dict>}``;
+- ``model.safetensors``: the state dict (its metadata repeats the format string);
+- ``vae/``: the VAE, only for ``latent="vae"`` (``config.vae_path`` is then the relative path ``"vae"``).
+
+:class:`RegisterTokenizer` is the base class of :class:`mm1d.tokenization.flextok.FlexTok` and
+:class:`mm1d.tokenization.videoflextok_core.VideoFlexTokCore`; each sets the class attributes that name
+its bundle format and config dataclass.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, ClassVar, Self
+
+import torch
+from torch import nn
+
+from mm1d.config import from_dict, to_dict
+from mm1d.utils import atomic_path, atomic_write_text
+
+__all__ = ["RegisterTokenizer", "WEIGHTS_FILE", "CONFIG_FILE", "BUNDLE_VERSION"]
+
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+BUNDLE_VERSION = 1
+
+
+class RegisterTokenizer(nn.Module):
+    """Base of the register tokenizers (an encoder with learned registers, FSQ, a flow decoder).
+
+    A subclass builds, in its ``__init__``, ``cfg`` (its config dataclass), ``latent`` (the latent backend
+    or None), ``fsq``, the parameters ``enc_registers``, ``dec_reg_pos``, ``mask_token``, ``null_cond`` and
+    ``summary`` (an MLP or None), then calls :meth:`_init_weights`.
+
+    Class attributes:
+        NAME: the tokenizer's name in error messages (``"FlexTok"``).
+        MEDIA: what it encodes, in error messages (``"images"``).
+        CONFIG_CLASS: the config dataclass stored in bundles.
+        BUNDLE_FORMAT: the ``format`` string of its bundles (``"mm1d.flextok"``).
+    """
+
+    NAME: ClassVar[str]
+    MEDIA: ClassVar[str]
+    CONFIG_CLASS: ClassVar[type]
+    BUNDLE_FORMAT: ClassVar[str]
+
+    cfg: Any
+    latent: nn.Module | None
+
+    # ---- construction -------------------------------------------------------------------------------
+    def _init_weights(self) -> None:
+        for m in self.modules():
+            if isinstance(m, nn.Linear) and m.weight.device.type != "meta":
+                if m.weight.abs().sum() == 0:  # keep the adaLN-zero / zero-head initializations
+                    continue
+                nn.init.xavier_uniform_(m.weight)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+        for prm in (self.enc_registers, self.dec_reg_pos, self.mask_token, self.null_cond):
+            nn.init.trunc_normal_(prm, std=0.02)
+        if self.summary is not None:
+            nn.init.zeros_(self.summary[-1].weight)
+            nn.init.zeros_(self.summary[-1].bias)
+
+    @property
+    def codebook_size(self) -> int:
+        """Number of distinct token ids."""
+        return self.fsq.codebook_size
+
+    @property
+    def num_registers(self) -> int:
+        """N, the maximum number of tokens per image (FlexTok) or per video time step (VideoFlexTok)."""
+        return self.cfg.num_registers
+
+    # ---- checks and small helpers -------------------------------------------------------------------
+    def _require_latent(self) -> nn.Module:
+        if self.latent is None:
+            raise RuntimeError(
+                f"this {self.NAME} was built with load_latent=False; it cannot encode or decode {self.MEDIA}"
+            )
+        return self.latent
+
+    def _check_k(self, k: int) -> None:
+        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= self.num_registers:
+            raise ValueError(f"k must be an integer in [1, {self.num_registers}], got {k!r}")
+
+    @contextmanager
+    def _eval_mode(self) -> Iterator[None]:
+        was_training = self.training
+        self.eval()
+        try:
+            yield
+        finally:
+            self.train(was_training)
+
+    @staticmethod
+    def _seeds(seed: int | Sequence[int] | None, b: int) -> list[int]:
+        """Per-sample decoder seeds: random (None), ``seed + i`` (int), or the given list of length ``b``."""
+        if seed is None:
+            return torch.randint(0, 2**62, (b,)).tolist()
+        if isinstance(seed, int):
+            return [seed + i for i in range(b)]
+        seeds = [int(s) for s in seed]
+        if len(seeds) != b:
+            raise ValueError(f"got {len(seeds)} seeds for {b} samples")
+        return seeds
+
+    @staticmethod
+    def _rand_device(generator: torch.Generator | None, device: torch.device) -> torch.device | str:
+        """Where random draws happen: the generator's device, else the model's."""
+        return generator.device if generator is not None else device
+
+    # ---- bundles ------------------------------------------------------------------------------------
+    def save_pretrained(self, directory: str | Path) -> None:
+        """Write ``model.safetensors`` and ``config.json`` (and ``vae/`` for a VAE latent) atomically.
+
+        Args:
+            directory: created if missing; existing files are replaced atomically.
+        """
+        from safetensors.torch import save_file
+
+        out = Path(directory)
+        out.mkdir(parents=True, exist_ok=True)
+        cfg = copy.deepcopy(self.cfg)
+        if cfg.latent == "vae":
+            self._require_latent().save(out / "vae")
+            cfg.vae_path = "vae"
+        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        with atomic_path(out / WEIGHTS_FILE) as tmp:
+            save_file(state, str(tmp), metadata={"format": self.BUNDLE_FORMAT})
+        meta = {"format": self.BUNDLE_FORMAT, "version": BUNDLE_VERSION, "config": to_dict(cfg)}
+        atomic_write_text(out / CONFIG_FILE, json.dumps(meta, indent=2))
+
+    @classmethod
+    def from_pretrained(
+        cls, directory: str | Path, device: str | torch.device = "cpu", vae_path: str | None = None
+    ) -> Self:
+        """Load a bundle written by :meth:`save_pretrained` (in eval mode).
+
+        Args:
+            directory: the bundle directory.
+            device: where to put the model.
+            vae_path: override the VAE directory stored in the bundle (a relative path there is resolved
+                against the bundle).
+
+        Raises:
+            FileNotFoundError: naming the missing directory or file.
+            ValueError: if the bundle is not a bundle of this tokenizer or its weights do not match its config.
+        """
+        from safetensors.torch import load_file
+
+        d = Path(directory)
+        for name in (CONFIG_FILE, WEIGHTS_FILE):
+            if not (d / name).is_file():
+                raise FileNotFoundError(f"{cls.NAME} bundle {str(d)!r} is missing {name}")
+        meta = json.loads((d / CONFIG_FILE).read_text())
+        if meta.get("format") != cls.BUNDLE_FORMAT:
+            raise ValueError(f"{d / CONFIG_FILE} is not a {cls.NAME} bundle (format={meta.get('format')!r})")
+        cfg = from_dict(cls.CONFIG_CLASS, meta["config"])
+        if vae_path is not None:
+            cfg.vae_path = vae_path
+        elif cfg.latent == "vae" and cfg.vae_path and not Path(cfg.vae_path).is_absolute():
+            cfg.vae_path = str(d / cfg.vae_path)
+        model = cls(cfg)
+        missing, unexpected = model.load_state_dict(load_file(str(d / WEIGHTS_FILE)), strict=False)
+        if missing or unexpected:
+            raise ValueError(f"bundle weights do not match its config: missing {missing}, unexpected {unexpected}")
+        return model.to(device).eval()
