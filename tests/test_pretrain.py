@@ -72,8 +72,10 @@ def losses(out: Path) -> dict[int, float]:
 def test_single_process_run_learns_and_writes_a_loadable_bundle(assets: dict, tmp_path: Path) -> None:
     from mm1d.checkpoint import load_release_bundle
 
-    r = python_run(overrides(assets, tmp_path, 12))
+    r = python_run(overrides(assets, tmp_path, 12, **{"train.sample_every": "6"}))
     assert r.returncode == 0, r.stderr[-3000:]
+    record = json.loads((tmp_path / "samples" / "step0000012.json").read_text())  # periodic generations
+    assert len(record["captions"]) == 4 and (tmp_path / "samples" / "step0000006.png").is_file()
     lo = losses(tmp_path)
     assert sorted(lo) == list(range(1, 13))
     assert sum(list(lo.values())[-3:]) < sum(list(lo.values())[:3])  # the loss goes down

@@ -7,6 +7,7 @@ tests can drive a run in-process.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +82,66 @@ def lm_loss(model: nn.Module, batch: PackedBatch, z_loss: float = 0.0) -> tuple[
     return loss, metrics
 
 
+SAMPLE_PROMPTS = (
+    "a large red circle in the top left",
+    "a small blue square in the bottom right",
+    "a large green triangle in the center",
+    "a small yellow diamond in the top right",
+)
+
+
+def make_sample_fn(cfg: PretrainConfig, vocab: Vocab) -> Callable[[nn.Module, int], None]:
+    """Periodic generations during pretraining (rank 0): a text-to-image grid at two budgets and captions.
+
+    Writes ``out_dir/samples/step{N}.png`` and ``step{N}.json``. Skipped under ZeRO-3 (partitioned weights)
+    and when the run has no text or image tokenizer.
+    """
+    cache: dict[str, Any] = {}
+
+    def sample_fn(module: nn.Module, step: int) -> None:
+        if rank() != 0 or not (cfg.tokenizers.text and cfg.tokenizers.image):
+            return
+        if cfg.engine.backend != "torch" and cfg.engine.zero_stage == 3:
+            if not cache.get("warned"):
+                print0("sample generations are skipped under ZeRO-3 (partitioned weights)")
+                cache["warned"] = True
+            return
+        from PIL import Image
+
+        from mm1d.data.shapes import make_batch
+        from mm1d.inference import Pipeline
+        from mm1d.tokenization.flextok import FlexTok
+        from mm1d.tokenization.text import TextTokenizer
+
+        if "text" not in cache:
+            device = next(module.parameters()).device
+            cache["text"] = TextTokenizer.load(text_model_path(cfg.tokenizers.text))
+            cache["image"] = FlexTok.from_pretrained(resolve_asset(cfg.tokenizers.image), device=device)
+        pipe = Pipeline(module, vocab, cache["text"], cache["image"], None)
+        n = pipe.max_budget["image"]
+        rows, record = [], {"step": step, "prompts": list(SAMPLE_PROMPTS)}
+        with torch.no_grad():
+            for k in sorted({min(4, n), n}):
+                res = pipe.generate(list(SAMPLE_PROMPTS), modality="image", budget=k, seed=0)
+                rows.append(res.images)
+            val = make_batch(cfg.seed + 1, 0, 4, "val", size=cache["image"].cfg.image_size)
+            images = [Image.fromarray(((x.permute(1, 2, 0) + 1) * 127.5).round().clamp(0, 255).byte().numpy())
+                      for x in val.pixels]
+            record["captions"] = pipe.generate(None, modality="text", images=images, seed=0).texts
+            record["truth"] = val.captions
+        w, h = rows[0][0].size
+        grid = Image.new("RGB", (w * len(SAMPLE_PROMPTS), h * len(rows)))
+        for r, row in enumerate(rows):
+            for c, im in enumerate(row):
+                grid.paste(im, (c * w, r * h))
+        out = Path(cfg.out_dir) / "samples"
+        out.mkdir(parents=True, exist_ok=True)
+        grid.resize((grid.width * 4, grid.height * 4), Image.NEAREST).save(out / f"step{step:07d}.png")
+        (out / f"step{step:07d}.json").write_text(json.dumps(record, indent=2))
+
+    return sample_fn
+
+
 def build_model(cfg: PretrainConfig) -> tuple[Transformer, Vocab]:
     vocab = Vocab.from_config(cfg.vocab)
     return Transformer(cfg.model, vocab.size), vocab
@@ -131,6 +192,7 @@ def run_pretraining(cfg: PretrainConfig) -> TrainState:
         loss_fn=lambda m, b: lm_loss(m, b, cfg.z_loss),
         data=loader,
         eval_fn=eval_fn if cfg.eval_data else None,
+        sample_fn=make_sample_fn(cfg, vocab),
         bundle_fn=bundle_fn,
         run_config=run_config,
     )
