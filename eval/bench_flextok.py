@@ -75,6 +75,15 @@ def timed(fn: Any, device: torch.device, repeats: int) -> float:
     return statistics.median(times)
 
 
+def report(results: dict[str, Any], out: str | None) -> dict[str, Any]:
+    """Print ``results`` as JSON, also write them to ``out/results.json`` when ``out`` is given; return them."""
+    print(json.dumps(results, indent=2))
+    if out:
+        Path(out).mkdir(parents=True, exist_ok=True)
+        (Path(out) / "results.json").write_text(json.dumps(results, indent=2))
+    return results
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     src = ap.add_mutually_exclusive_group(required=True)
@@ -160,12 +169,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             fwd = lambda keep=keep: model.decoder_forward(x, ts, codes, keep, null, prefix)  # noqa: E731
             step = timed(fwd, device, args.repeats)
             results[f"decoder_step_k{k}_s"] = step
-    print(json.dumps(results, indent=2))
-    if args.out:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "results.json").write_text(json.dumps(results, indent=2))
-    return results
+    return report(results, args.out)
 
 
 def bench_images(model: FlexTok, args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
@@ -201,12 +205,7 @@ def bench_images(model: FlexTok, args: argparse.Namespace, device: torch.device)
             keep = torch.full((args.batch,), k, device=device)
             results[f"decoder_step_k{k}_s"] = timed(lambda keep=keep: model.decoder_forward(x, ts, codes, keep, null),
                                                     device, args.repeats)
-    print(json.dumps(results, indent=2))
-    if args.out:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "results.json").write_text(json.dumps(results, indent=2))
-    return results
+    return report(results, args.out)
 
 
 if __name__ == "__main__":

@@ -487,46 +487,41 @@ SCHEMAS["pretrain"] = PretrainConfig
 
 
 # ----------------------------------------------------------------------------------------------------
-# FlexTok image tokenizer model (mm1d.tokenization.flextok)
+# Visual tokenizers: fields FlexTok and VideoFlexTok share; FlexTok image tokenizer (mm1d.tokenization.flextok)
 # ----------------------------------------------------------------------------------------------------
 
 
 @dataclass
-class FlexTokConfig:
-    """FlexTok architecture, training-recipe knobs and inference defaults.
+class VisualTokenizerConfig:
+    """Fields of :class:`FlexTokConfig` and :class:`VideoFlexTokConfig` with the same name, type and default.
 
-    The latent grid is ``image_size / latent_downsample`` per side, split into ``patch_size`` patches;
-    widths are ``enc_dim`` / ``dec_dim`` with ``head_dim``-wide heads.
+    Architecture, training-recipe knobs and inference defaults. Each model's config adds its own fields,
+    including the shared names whose defaults differ (``latent_channels``, ``patch_size``, ``num_registers``,
+    ``quant_norm``, ``head_dim``).
     """
 
     image_size: int = 32
+    # pixels: the raw image (videos: causal tubelets, 12 channels); vae: an image VAE (videos: a causal 3D VAE)
     latent: Literal["pixels", "vae"] = "pixels"
-    vae_path: str | None = None  # local diffusers AutoencoderKL directory (latent="vae")
-    vae_sample_posterior: bool = False  # sample the VAE posterior during training (mode otherwise)
-    latent_channels: int = 3  # must match the backend (3 for pixels, the VAE's latent_channels)
-    latent_downsample: int = 1  # must match the backend (1 for pixels, 8 for an f8 VAE)
-    patch_size: int = 4
-    num_registers: int = 32
+    # local diffusers VAE directory (latent="vae"): an AutoencoderKL for images, a video VAE for videos
+    vae_path: str | None = None
+    latent_downsample: int = 1  # must match the backend (1 for pixels, the VAE's spatial factor, e.g. 8 for f8)
     fsq_levels: list[int] = field(default_factory=lambda: [8, 5, 5, 5])
-    quant_norm: Literal["none", "layernorm", "rms", "batch"] = "none"  # normalization before FSQ
     enc_depth: int = 4
     enc_dim: int = 128
     dec_depth: int = 4
     dec_dim: int = 128
-    head_dim: int = 64
     mlp_ratio: float = 4.0
     qk_norm: bool = True
     register_modulation: bool = True  # separate adaLN modulation for patches and registers
-    register_summary: bool = False  # add a pooled summary of the kept registers to the timestep embedding
-    nested_dropout: Literal["pow2", "uniform", "uniform_pow2", "none"] = "pow2"  # "none": always k = N
+    # add a pooled summary of the kept registers (of each video time step) to the timestep embedding
+    register_summary: bool = False
+    # "none": always k = N; a video draws one k for all its steps
+    nested_dropout: Literal["pow2", "uniform", "uniform_pow2", "none"] = "pow2"
     cond_dropout: float = 0.1  # probability of the learned null condition (CFG) per sample
     timestep_sampling: Literal["logit_normal", "uniform"] = "logit_normal"
     ln_mean: float = 0.0
     ln_std: float = 1.0
-    repa_weight: float = 0.0  # 0 disables REPA
-    repa_layer: int = 1  # decoder block whose output (patch tokens) is aligned
-    repa_extractor: str | None = None  # "random_conv", "hf:<dir>" or "module:factory"
-    repa_dim: int = 0  # teacher feature width
     aux_recon_weight: float = 0.0  # weight of the direct-reconstruction loss
     aux_recon_mode: Literal["x0", "zero_noise"] = "x0"  # x0 = x_t - t v, or a t=1 pass on zero input
     perturb_prob: float = 0.0  # per-sample probability of latent perturbation during training
@@ -534,6 +529,26 @@ class FlexTokConfig:
     decode_steps: int = 20  # inference defaults
     guidance_scale: float = 1.0
     apg: bool = True
+
+
+@dataclass
+class FlexTokConfig(VisualTokenizerConfig):
+    """FlexTok architecture, training-recipe knobs and inference defaults (shared ones inherited).
+
+    The latent grid is ``image_size / latent_downsample`` per side, split into ``patch_size`` patches;
+    widths are ``enc_dim`` / ``dec_dim`` with ``head_dim``-wide heads.
+    """
+
+    vae_sample_posterior: bool = False  # sample the VAE posterior during training (mode otherwise)
+    latent_channels: int = 3  # must match the backend (3 for pixels, the VAE's latent_channels)
+    patch_size: int = 4
+    num_registers: int = 32
+    quant_norm: Literal["none", "layernorm", "rms", "batch"] = "none"  # normalization before FSQ
+    head_dim: int = 64
+    repa_weight: float = 0.0  # 0 disables REPA
+    repa_layer: int = 1  # decoder block whose output (patch tokens) is aligned
+    repa_extractor: str | None = None  # "random_conv", "hf:<dir>" or "module:factory"
+    repa_dim: int = 0  # teacher feature width
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -560,18 +575,25 @@ class SampleGridConfig:
 
 
 @dataclass
-class TrainFlexTokConfig:
-    """Top-level schema of ``tokenizers/train_flextok.py``."""
+class TrainTokenizerConfig:
+    """Fields every visual tokenizer training schema shares; each adds ``model`` and its own ``out_dir``."""
 
-    out_dir: str = "runs/flextok_tiny"
+    out_dir: str = "runs/tokenizer"
     seed: int = 0
-    model: FlexTokConfig = field(default_factory=FlexTokConfig)
     data: TokenizerDataConfig = field(default_factory=TokenizerDataConfig)
     samples: SampleGridConfig = field(default_factory=SampleGridConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+
+@dataclass
+class TrainFlexTokConfig(TrainTokenizerConfig):
+    """Top-level schema of ``tokenizers/train_flextok.py``."""
+
+    out_dir: str = "runs/flextok_tiny"
+    model: FlexTokConfig = field(default_factory=FlexTokConfig)
 
 
 SCHEMAS["train_flextok"] = TrainFlexTokConfig
@@ -627,8 +649,8 @@ SCHEMAS["pretokenize"] = PretokenizeConfig
 
 
 @dataclass
-class VideoFlexTokConfig:
-    """VideoFlexTok architecture, training-recipe knobs and inference defaults.
+class VideoFlexTokConfig(VisualTokenizerConfig):
+    """VideoFlexTok architecture, training-recipe knobs and inference defaults (shared ones inherited).
 
     A chunk of ``chunk_frames = 1 + 4m`` frames is ``1 + m`` latent time steps; each step is a
     ``(image_size / latent_downsample)`` grid split into ``patch_size`` patches, with its own
@@ -636,58 +658,26 @@ class VideoFlexTokConfig:
     one frame.
     """
 
-    image_size: int = 32
     chunk_frames: int = 17  # frames per encoder/decoder pass (1 + 4m); sets the number of register sets
-    latent: Literal["pixels", "vae"] = "pixels"  # pixels: causal tubelets (12 channels); vae: causal 3D VAE
-    vae_path: str | None = None  # local diffusers video VAE directory (latent="vae")
     vae_class: str = "AutoencoderKLWan"  # diffusers class of the VAE (4x time, 8x space)
     latent_channels: int = 12  # 12 for pixels (3 colours x 4 frames), the VAE's z_dim otherwise
-    latent_downsample: int = 1  # 1 for pixels, the VAE's spatial factor (8) otherwise
     patch_size: int = 8
     num_registers: int = 16  # tokens per time step
-    fsq_levels: list[int] = field(default_factory=lambda: [8, 5, 5, 5])
     quant_norm: Literal["none", "layernorm", "rms", "batch"] = "layernorm"
-    registers_see_past: bool = True  # encoder register i of step t also sees registers <= i of steps < t
-    enc_depth: int = 4
-    enc_dim: int = 128
-    dec_depth: int = 4
-    dec_dim: int = 128
     head_dim: int = 32
-    mlp_ratio: float = 4.0
-    qk_norm: bool = True
-    register_modulation: bool = True  # separate adaLN modulation for patches and registers
-    register_summary: bool = False  # add a pooled summary of each step's kept registers to its conditioning
-    nested_dropout: Literal["pow2", "uniform", "uniform_pow2", "none"] = "pow2"  # one k per video
+    registers_see_past: bool = True  # encoder register i of step t also sees registers <= i of steps < t
     first_step_dropout: Literal["same", "pow2", "uniform", "uniform_pow2", "none"] = "same"  # own k for step 0
-    cond_dropout: float = 0.1  # probability of the learned null condition (CFG) per sample
-    timestep_sampling: Literal["logit_normal", "uniform"] = "logit_normal"
-    ln_mean: float = 0.0
-    ln_std: float = 1.0
     prefix_prob: float = 0.25  # per-sample probability of clean prefix conditioning in training
     max_prefix_steps: int = 1  # p ~ U{1..max_prefix_steps} clean time steps when a prefix is drawn
     mask_prefix_registers: bool = True  # prefix steps' registers are replaced by the mask token
-    aux_recon_weight: float = 0.0  # weight of the direct-reconstruction loss
-    aux_recon_mode: Literal["x0", "zero_noise"] = "x0"
-    perturb_prob: float = 0.0  # per-sample probability of latent perturbation during training
-    perturb_fraction: float = 0.1  # fraction of a perturbed sample's tokens replaced by random codes
-    decode_steps: int = 20  # inference defaults
-    guidance_scale: float = 1.0
-    apg: bool = True
 
 
 @dataclass
-class TrainVideoFlexTokConfig:
+class TrainVideoFlexTokConfig(TrainTokenizerConfig):
     """Top-level schema of ``tokenizers/train_videoflextok.py``."""
 
     out_dir: str = "runs/videoflextok_tiny"
-    seed: int = 0
     model: VideoFlexTokConfig = field(default_factory=VideoFlexTokConfig)
-    data: TokenizerDataConfig = field(default_factory=TokenizerDataConfig)
-    samples: SampleGridConfig = field(default_factory=SampleGridConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    engine: EngineConfig = field(default_factory=EngineConfig)
-    tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
 
 SCHEMAS["train_videoflextok"] = TrainVideoFlexTokConfig

@@ -2,7 +2,9 @@
 
 Layouts: an image is ``uint8 (H, W, 3)`` as a numpy array (files) or ``uint8 (3, H, W)`` as a torch
 tensor (readers); a video is ``uint8 (F, H, W, 3)`` as a numpy array or ``uint8 (3, F, H, W)`` as a
-torch tensor. PyAV and decord are imported lazily so that ``import mm1d`` stays light.
+torch tensor. Video decoding and encoding go through :mod:`mm1d.tokenization.video_io`
+(:func:`~mm1d.tokenization.video_io.decode_frames`, :func:`~mm1d.tokenization.video_io.encode_h264`);
+PyAV and decord are imported lazily so that ``import mm1d`` stays light.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from mm1d.tokenization.video_io import decode_frames, encode_h264
 
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".avi", ".mov", ".mkv")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif")
@@ -64,8 +68,6 @@ def encode_mp4(frames: np.ndarray, fps: int = 8, crf: int = 10) -> bytes:
     H and W must be even (yuv420p subsamples chroma by 2). A low ``crf`` keeps colours and edges close to
     the source, which the ShapesWorld judge relies on. One encoder thread keeps the bytes deterministic.
     """
-    import av
-
     frames = np.asarray(frames)
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
         raise ValueError(f"expected uint8 frames of shape (F, H, W, 3), got {frames.dtype} {frames.shape}")
@@ -73,15 +75,7 @@ def encode_mp4(frames: np.ndarray, fps: int = 8, crf: int = 10) -> bytes:
     if f < 1 or h % 2 or w % 2:
         raise ValueError(f"mp4 (yuv420p) needs >= 1 frame and even height/width, got F={f} H={h} W={w}")
     buf = io.BytesIO()
-    with av.open(buf, mode="w", format="mp4") as container:
-        stream = container.add_stream("libx264", rate=fps)
-        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
-        stream.options = {"crf": str(crf), "preset": "medium", "threads": "1"}
-        for frame in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
+    encode_h264(frames, buf, fps, {"crf": str(crf), "preset": "medium", "threads": "1"})
     return buf.getvalue()
 
 
@@ -111,13 +105,11 @@ def frame_indices(total: int, src_fps: float, num_frames: int | None = None, fps
 def decode_video_array(
     data: bytes | str | Path, num_frames: int | None = None, fps: float | None = None
 ) -> np.ndarray:
-    """Decode an mp4 (bytes or path) with decord to ``uint8 (F, H, W, 3)``; see ``frame_indices``."""
-    import decord
+    """Decode an mp4 (bytes or path) to ``uint8 (F, H, W, 3)``; see ``frame_indices``.
 
-    src = io.BytesIO(data) if isinstance(data, (bytes, bytearray)) else str(data)
-    reader = decord.VideoReader(src, ctx=decord.cpu(0), num_threads=1)
-    idx = frame_indices(len(reader), float(reader.get_avg_fps()), num_frames, fps)
-    return reader.get_batch(idx).asnumpy()
+    decord reads the frames (PyAV where decord cannot, see :func:`mm1d.tokenization.video_io.decode_frames`).
+    """
+    return decode_frames(data, lambda total, src_fps: frame_indices(total, src_fps, num_frames, fps))
 
 
 def decode_video(data: bytes | str | Path, num_frames: int | None = None, fps: float | None = None) -> torch.Tensor:

@@ -248,42 +248,44 @@ def _batched(tok: VisualTokenizer, xs: list[torch.Tensor], bs: int, device: torc
     return out
 
 
+def _shape_groups(xs: dict[int, torch.Tensor]) -> list[list[int]]:
+    """Sample indices grouped by tensor shape (in sorted shape order); each group is tokenized in batches."""
+    shapes = sorted({tuple(x.shape) for x in xs.values()})
+    return [[i for i, x in xs.items() if tuple(x.shape) == shape] for shape in shapes]
+
+
+def _tokenize_group(
+    tok: VisualTokenizer, xs: list[torch.Tensor], bs: int, device: torch.device, acfg: AdaptiveBudgetConfig
+) -> tuple[list[torch.Tensor], list[int]]:
+    """Tokenize same-shaped inputs in batches of ``bs``: (ids per input, adaptive budget per input or 0s)."""
+    ids = _batched(tok, xs, bs, device)
+    if not acfg.enabled:
+        return ids, [0] * len(xs)
+    ks: list[int] = []
+    for j in range(0, len(xs), bs):
+        ks += adaptive_budget(tok, torch.stack(xs[j : j + bs]).to(device), torch.stack(ids[j : j + bs]).to(device),
+                              acfg)
+    return ids, ks
+
+
 def tokenize_samples(samples: Sequence[RawSample], toks: Tokenizers, cfg: PretokenizeConfig) -> list[StoredSample]:
     """Tokenize converted samples (images batched together, videos batched together)."""
     bs, dev = max(1, cfg.batch_size), toks.device
     out = [StoredSample(text=np.asarray(toks.text.encode(s.caption), dtype=np.int64), key=s.key) for s in samples]
-    img_idx = [i for i, s in enumerate(samples) if s.image is not None]
-    vid_idx = [i for i, s in enumerate(samples) if s.video is not None]
-    if img_idx:
-        for shape in sorted({tuple(samples[i].image.shape) for i in img_idx}):
-            group = [i for i in img_idx if tuple(samples[i].image.shape) == shape]
-            xs = [samples[i].image for i in group]
-            ids = _batched(toks.image, xs, bs, dev)
-            for i, t in zip(group, ids, strict=True):
-                out[i].image = t.numpy()
-            if cfg.adaptive.enabled:
-                for j in range(0, len(group), bs):
-                    ks = adaptive_budget(toks.image, torch.stack(xs[j : j + bs]).to(dev),
-                                         torch.stack(ids[j : j + bs]).to(dev), cfg.adaptive)
-                    for i, k in zip(group[j : j + bs], ks, strict=True):
-                        out[i].auto_image = k
-    if vid_idx:
-        for shape in sorted({tuple(samples[i].video.shape) for i in vid_idx}):
-            group = [i for i in vid_idx if tuple(samples[i].video.shape) == shape]
-            xs = [samples[i].video for i in group]
-            ids = _batched(toks.video, xs, bs, dev)
-            for i, t in zip(group, ids, strict=True):
-                out[i].video = t.numpy()  # (T, N)
-            if cfg.cond_first_frame and toks.image is not None:
-                frames = [_resize(samples[i].video[:, 0], toks.image_size) for i in group]  # (3, H, W)
-                for i, t in zip(group, _batched(toks.image, frames, bs, dev), strict=True):
-                    out[i].cond = t.numpy()
-            if cfg.adaptive.enabled:
-                for j in range(0, len(group), bs):
-                    ks = adaptive_budget(toks.video, torch.stack(xs[j : j + bs]).to(dev),
-                                         torch.stack(ids[j : j + bs]).to(dev), cfg.adaptive)
-                    for i, k in zip(group[j : j + bs], ks, strict=True):
-                        out[i].auto_video = k
+    images = {i: s.image for i, s in enumerate(samples) if s.image is not None}
+    videos = {i: s.video for i, s in enumerate(samples) if s.video is not None}
+    for group in _shape_groups(images):
+        ids, ks = _tokenize_group(toks.image, [images[i] for i in group], bs, dev, cfg.adaptive)
+        for i, t, k in zip(group, ids, ks, strict=True):
+            out[i].image, out[i].auto_image = t.numpy(), k  # (N,)
+    for group in _shape_groups(videos):
+        ids, ks = _tokenize_group(toks.video, [videos[i] for i in group], bs, dev, cfg.adaptive)
+        for i, t, k in zip(group, ids, ks, strict=True):
+            out[i].video, out[i].auto_video = t.numpy(), k  # (T, N)
+        if cfg.cond_first_frame and toks.image is not None:
+            frames = [_resize(videos[i][:, 0], toks.image_size) for i in group]  # (3, H, W)
+            for i, t in zip(group, _batched(toks.image, frames, bs, dev), strict=True):
+                out[i].cond = t.numpy()
     return out
 
 

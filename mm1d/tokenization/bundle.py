@@ -1,4 +1,4 @@
-"""What FlexTok and VideoFlexTok share: weight initialization, common properties and checks, and bundles.
+"""What FlexTok and VideoFlexTok share: config checks, layers, weight init, common properties, and bundles.
 
 A tokenizer bundle is a directory holding
 
@@ -24,6 +24,8 @@ import torch
 from torch import nn
 
 from mm1d.config import from_dict, to_dict
+from mm1d.tokenization.blocks import AdaLNBlock, AdaLNFinal, Block, TimestepEmbedder
+from mm1d.tokenization.fsq import FSQ
 from mm1d.utils import atomic_path, atomic_write_text
 
 __all__ = ["RegisterTokenizer", "WEIGHTS_FILE", "CONFIG_FILE", "BUNDLE_VERSION"]
@@ -36,9 +38,8 @@ BUNDLE_VERSION = 1
 class RegisterTokenizer(nn.Module):
     """Base of the register tokenizers (an encoder with learned registers, FSQ, a flow decoder).
 
-    A subclass builds, in its ``__init__``, ``cfg`` (its config dataclass), ``latent`` (the latent backend
-    or None), ``fsq``, the parameters ``enc_registers``, ``dec_reg_pos``, ``mask_token``, ``null_cond`` and
-    ``summary`` (an MLP or None), then calls :meth:`_init_weights`.
+    A subclass sets, in its ``__init__``, ``cfg`` (its config dataclass) and ``latent`` (the latent backend or
+    None), calls :meth:`_build_layers`, adds its own buffers and modules, then calls :meth:`_init_weights`.
 
     Class attributes:
         NAME: the tokenizer's name in error messages (``"FlexTok"``).
@@ -56,6 +57,64 @@ class RegisterTokenizer(nn.Module):
     latent: nn.Module | None
 
     # ---- construction -------------------------------------------------------------------------------
+    @classmethod
+    def _need(cls, ok: bool, msg: str) -> None:
+        """Raise ``ValueError("invalid <NAME> config: <msg>")`` unless ``ok``."""
+        if not ok:
+            raise ValueError(f"invalid {cls.NAME} config: {msg}")
+
+    @classmethod
+    def _validate_shared(cls, cfg: Any) -> None:
+        """Check the config fields both tokenizers share (ValueError naming the problem)."""
+        need = cls._need
+        need(cfg.image_size % cfg.latent_downsample == 0, "image_size must be divisible by latent_downsample")
+        need((cfg.image_size // cfg.latent_downsample) % cfg.patch_size == 0, "latent size % patch_size != 0")
+        need(cfg.num_registers >= 1, "num_registers must be >= 1")
+        for name in ("enc_dim", "dec_dim"):
+            need(getattr(cfg, name) % cfg.head_dim == 0, f"{name} must be a multiple of head_dim")
+            need(getattr(cfg, name) % 4 == 0, f"{name} must be a multiple of 4 (sin-cos position embeddings)")
+        need(cfg.enc_depth >= 1 and cfg.dec_depth >= 1, "enc_depth and dec_depth must be >= 1")
+        need(0.0 <= cfg.cond_dropout < 1.0, "cond_dropout must be in [0, 1)")
+        need(0.0 <= cfg.perturb_prob <= 1.0 and 0.0 <= cfg.perturb_fraction <= 1.0, "perturb_* in [0, 1]")
+
+    def _build_layers(self, cfg: Any, register_sets: tuple[int, ...]) -> None:
+        """Build FSQ, the encoder and the decoder (modules in a fixed order: weight init draws in that order).
+
+        Args:
+            cfg: the config.
+            register_sets: leading shape of the learned registers and register positions: ``()`` for one
+                set (images), ``(Tm,)`` for one set per time step (videos).
+        """
+        n = cfg.num_registers
+        patch_dim = cfg.latent_channels * cfg.patch_size**2
+        de, dd = cfg.enc_dim, cfg.dec_dim
+        self.fsq = FSQ(cfg.fsq_levels, norm=cfg.quant_norm, num_positions=n)
+        # encoder
+        self.enc_patch = nn.Linear(patch_dim, de)
+        self.enc_registers = nn.Parameter(torch.empty(*register_sets, n, de))
+        self.enc_blocks = nn.ModuleList(
+            [Block(de, de // cfg.head_dim, cfg.mlp_ratio, cfg.qk_norm) for _ in range(cfg.enc_depth)]
+        )
+        self.enc_out = nn.Linear(de, self.fsq.dim)
+        # decoder
+        groups = 2 if cfg.register_modulation else 1
+        self.dec_patch = nn.Linear(patch_dim, dd)
+        self.dec_reg_in = nn.Linear(self.fsq.dim, dd)
+        self.dec_reg_pos = nn.Parameter(torch.empty(*register_sets, n, dd))
+        self.mask_token = nn.Parameter(torch.empty(dd))
+        self.null_cond = nn.Parameter(torch.empty(dd))
+        self.t_embed = TimestepEmbedder(dd)
+        self.summary = (
+            nn.Sequential(nn.Linear(dd, dd), nn.SiLU(), nn.Linear(dd, dd)) if cfg.register_summary else None
+        )
+        self.dec_blocks = nn.ModuleList(
+            [
+                AdaLNBlock(dd, dd // cfg.head_dim, cfg.mlp_ratio, cfg.qk_norm, num_groups=groups)
+                for _ in range(cfg.dec_depth)
+            ]
+        )
+        self.dec_final = AdaLNFinal(dd, patch_dim, num_groups=groups)
+
     def _init_weights(self) -> None:
         for m in self.modules():
             if isinstance(m, nn.Linear) and m.weight.device.type != "meta":

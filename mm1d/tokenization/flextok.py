@@ -27,10 +27,6 @@ from torch import nn
 
 from mm1d.config import FlexTokConfig
 from mm1d.tokenization.blocks import (
-    AdaLNBlock,
-    AdaLNFinal,
-    Block,
-    TimestepEmbedder,
     causal_last_mask,
     layer_norm_fp32,
     patchify,
@@ -39,7 +35,6 @@ from mm1d.tokenization.blocks import (
 )
 from mm1d.tokenization.bundle import RegisterTokenizer
 from mm1d.tokenization.flow import APGConfig, add_noise, euler_sample, guided_velocity, sample_timesteps
-from mm1d.tokenization.fsq import FSQ
 from mm1d.tokenization.latents import build_latent
 from mm1d.tokenization.repa import FeatureFn, build_feature_extractor, teacher_grid
 
@@ -114,37 +109,9 @@ class FlexTok(RegisterTokenizer):
         self.latent_size = cfg.image_size // cfg.latent_downsample
         self.grid = self.latent_size // cfg.patch_size
         self.num_patches = self.grid * self.grid
-        n, p = cfg.num_registers, self.num_patches
-        patch_dim = cfg.latent_channels * cfg.patch_size**2
-        de, dd = cfg.enc_dim, cfg.dec_dim
-
-        self.fsq = FSQ(cfg.fsq_levels, norm=cfg.quant_norm, num_positions=n)
-        # encoder
-        self.enc_patch = nn.Linear(patch_dim, de)
-        self.enc_registers = nn.Parameter(torch.empty(n, de))
-        self.enc_blocks = nn.ModuleList(
-            [Block(de, de // cfg.head_dim, cfg.mlp_ratio, cfg.qk_norm) for _ in range(cfg.enc_depth)]
-        )
-        self.enc_out = nn.Linear(de, self.fsq.dim)
-        self.register_buffer("enc_pos", sincos_2d(self.grid, self.grid, de), persistent=False)
-        # decoder
-        groups = 2 if cfg.register_modulation else 1
-        self.dec_patch = nn.Linear(patch_dim, dd)
-        self.dec_reg_in = nn.Linear(self.fsq.dim, dd)
-        self.dec_reg_pos = nn.Parameter(torch.empty(n, dd))
-        self.mask_token = nn.Parameter(torch.empty(dd))
-        self.null_cond = nn.Parameter(torch.empty(dd))
-        self.t_embed = TimestepEmbedder(dd)
-        self.summary = (
-            nn.Sequential(nn.Linear(dd, dd), nn.SiLU(), nn.Linear(dd, dd)) if cfg.register_summary else None
-        )
-        self.dec_blocks = nn.ModuleList(
-            [
-                AdaLNBlock(dd, dd // cfg.head_dim, cfg.mlp_ratio, cfg.qk_norm, num_groups=groups)
-                for _ in range(cfg.dec_depth)
-            ]
-        )
-        self.dec_final = AdaLNFinal(dd, patch_dim, num_groups=groups)
+        n, p, dd = cfg.num_registers, self.num_patches, cfg.dec_dim
+        self._build_layers(cfg, ())
+        self.register_buffer("enc_pos", sincos_2d(self.grid, self.grid, cfg.enc_dim), persistent=False)
         self.register_buffer("dec_pos", sincos_2d(self.grid, self.grid, dd), persistent=False)
         self.register_buffer(
             "groups", torch.cat([torch.zeros(p, dtype=torch.long), torch.ones(n, dtype=torch.long)]), persistent=False
@@ -158,26 +125,16 @@ class FlexTok(RegisterTokenizer):
         self._init_weights()
 
     # ---- construction -------------------------------------------------------------------------------
-    @staticmethod
-    def _validate_config(cfg: FlexTokConfig) -> None:
-        def need(ok: bool, msg: str) -> None:
-            if not ok:
-                raise ValueError(f"invalid FlexTok config: {msg}")
-
-        need(cfg.image_size % cfg.latent_downsample == 0, "image_size must be divisible by latent_downsample")
-        need((cfg.image_size // cfg.latent_downsample) % cfg.patch_size == 0, "latent size % patch_size != 0")
-        need(cfg.num_registers >= 1, "num_registers must be >= 1")
-        for name in ("enc_dim", "dec_dim"):
-            need(getattr(cfg, name) % cfg.head_dim == 0, f"{name} must be a multiple of head_dim")
-            need(getattr(cfg, name) % 4 == 0, f"{name} must be a multiple of 4 (2D sin-cos embedding)")
-        need(cfg.enc_depth >= 1 and cfg.dec_depth >= 1, "enc_depth and dec_depth must be >= 1")
-        need(0.0 <= cfg.cond_dropout < 1.0, "cond_dropout must be in [0, 1)")
-        need(0.0 <= cfg.perturb_prob <= 1.0 and 0.0 <= cfg.perturb_fraction <= 1.0, "perturb_* in [0, 1]")
+    @classmethod
+    def _validate_config(cls, cfg: FlexTokConfig) -> None:
+        cls._validate_shared(cfg)
         if cfg.repa_weight > 0:
-            need(cfg.repa_dim > 0, "repa_weight > 0 needs repa_dim (teacher feature width)")
-            need(0 <= cfg.repa_layer < cfg.dec_depth, "repa_layer must index a decoder block")
+            cls._need(cfg.repa_dim > 0, "repa_weight > 0 needs repa_dim (teacher feature width)")
+            cls._need(0 <= cfg.repa_layer < cfg.dec_depth, "repa_layer must index a decoder block")
         if cfg.latent == "pixels":
-            need(cfg.latent_channels == 3 and cfg.latent_downsample == 1, "pixels latent: 3 channels, downsample 1")
+            cls._need(
+                cfg.latent_channels == 3 and cfg.latent_downsample == 1, "pixels latent: 3 channels, downsample 1"
+            )
 
     def set_repa_teacher(self, fn: FeatureFn | None) -> None:
         """Use ``fn`` (frozen, not saved) as the REPA feature extractor instead of the configured spec."""

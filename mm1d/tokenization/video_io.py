@@ -1,13 +1,20 @@
-"""Reading and writing videos: mp4 through decord, mp4 (PyAV) and GIF (Pillow) out.
+"""Reading and writing videos: mp4 through decord (PyAV as fallback), mp4 (PyAV) and GIF (Pillow) out.
 
 Videos travel as ``[3, F, H, W]`` tensors (channels first, then frames), either ``uint8`` in [0, 255] or
 float in [-1, 1], the range every tokenizer takes. Batched helpers take ``[B, 3, F, H, W]``.
+
+:func:`decode_frames` and :func:`encode_h264` are the one place that decodes and encodes video files;
+:mod:`mm1d.data.media` (in-memory mp4 bytes for datasets) uses them too.
 """
 
 from __future__ import annotations
 
+import io
 import math
+from collections.abc import Callable
+from fractions import Fraction
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -23,6 +30,8 @@ __all__ = [
     "to_float",
     "sample_frame_indices",
     "trim_frames",
+    "decode_frames",
+    "encode_h264",
 ]
 
 
@@ -82,6 +91,65 @@ def _resize(video: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:
     return frames.round().clamp(0, 255).to(torch.uint8).permute(1, 0, 2, 3).contiguous()  # (3, F, h, w)
 
 
+def decode_frames(src: bytes | str | Path, select: Callable[[int, float], list[int]]) -> np.ndarray:
+    """Decode chosen frames of a video file (a path, or its bytes) to ``uint8 (F, H, W, 3)`` RGB.
+
+    decord opens the video and reads the frames; frames decord cannot copy (RGB rows not 32-byte aligned,
+    i.e. some widths that are not a multiple of 32) are decoded by PyAV instead, exactly.
+
+    Args:
+        src: a file path or the file's bytes.
+        select: ``select(num_source_frames, source_fps) -> indices`` of the frames to decode (in order);
+            it may raise a ValueError (e.g. too few frames).
+
+    Returns:
+        ``uint8 (len(indices), H, W, 3)``.
+
+    Raises:
+        ValueError: the data is not a decodable video, has no frames, or its frames cannot be decoded.
+    """
+    import decord
+
+    name = f"<{len(src)} bytes>" if isinstance(src, (bytes, bytearray)) else str(src)
+    try:
+        source = io.BytesIO(src) if isinstance(src, (bytes, bytearray)) else str(src)
+        reader = decord.VideoReader(source, ctx=decord.cpu(0), num_threads=1)
+        num_source = len(reader)
+        source_fps = float(reader.get_avg_fps())
+    except Exception as e:  # decord raises its own error types for broken containers
+        raise ValueError(f"cannot decode video {name}: it is corrupt or not a video ({e})") from e
+    if num_source == 0:
+        raise ValueError(f"video {name} has no frames")
+    idx = select(num_source, source_fps)
+    try:
+        return reader.get_batch(idx).asnumpy()  # (F, H, W, 3) uint8
+    except Exception as e:
+        # decord cannot copy frames whose RGB rows are not 32-byte aligned (widths not a multiple of 32);
+        # PyAV decodes those exactly. A file neither can decode is corrupt.
+        try:
+            return _read_frames_av(src, idx)
+        except Exception as e2:
+            raise ValueError(f"cannot decode frames of video {name}: it is corrupt ({e}; {e2})") from e2
+
+
+def _read_frames_av(src: bytes | str | Path, idx: list[int]) -> np.ndarray:
+    """Decode the frames ``idx`` (in decode order) of ``src`` with PyAV: ``(len(idx), H, W, 3)`` uint8."""
+    import av
+
+    wanted = set(idx)
+    frames: dict[int, np.ndarray] = {}
+    with av.open(io.BytesIO(src) if isinstance(src, (bytes, bytearray)) else str(src)) as container:
+        for i, frame in enumerate(container.decode(video=0)):
+            if i in wanted:
+                frames[i] = frame.to_ndarray(format="rgb24")
+            if i >= max(idx):
+                break
+    missing = wanted - frames.keys()
+    if missing:
+        raise ValueError(f"frames {sorted(missing)[:5]} could not be decoded")
+    return np.stack([frames[i] for i in idx])
+
+
 def read_video(
     path: str | Path,
     fps: float | None = None,
@@ -107,62 +175,30 @@ def read_video(
         FileNotFoundError: the file does not exist.
         ValueError: the file cannot be decoded, or has fewer frames than asked.
     """
-    import decord
-
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"video file not found: {path}")
-    try:
-        reader = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1)
-        num_source = len(reader)
-        source_fps = float(reader.get_avg_fps())
-    except Exception as e:  # decord raises its own error types for broken containers
-        raise ValueError(f"cannot decode video {path}: it is corrupt or not a video ({e})") from e
-    if num_source == 0:
-        raise ValueError(f"video {path} has no frames")
-    idx = sample_frame_indices(num_source, source_fps, fps)
-    if num_frames is not None:
-        if num_frames < 1:
-            raise ValueError(f"num_frames must be >= 1, got {num_frames}")
-        if len(idx) < num_frames:
-            raise ValueError(
-                f"video {path} has {len(idx)} frames at fps={fps} (source {num_source} frames at "
-                f"{source_fps:.2f} fps), fewer than the {num_frames} asked for"
-            )
-        idx = idx[:num_frames]
-    if round_to is not None:
-        idx = idx[: trim_frames(len(idx), round_to)]
-    try:
-        frames = reader.get_batch(idx).asnumpy()  # (F, H, W, 3) uint8
-    except Exception as e:
-        # decord cannot copy frames whose RGB rows are not 32-byte aligned (widths not a multiple of 32);
-        # PyAV decodes those exactly. A file neither can decode is corrupt.
-        try:
-            frames = _read_frames_av(path, idx)
-        except Exception as e2:
-            raise ValueError(f"cannot decode frames of video {path}: it is corrupt ({e}; {e2})") from e2
+
+    def select(num_source: int, source_fps: float) -> list[int]:
+        idx = sample_frame_indices(num_source, source_fps, fps)
+        if num_frames is not None:
+            if num_frames < 1:
+                raise ValueError(f"num_frames must be >= 1, got {num_frames}")
+            if len(idx) < num_frames:
+                raise ValueError(
+                    f"video {path} has {len(idx)} frames at fps={fps} (source {num_source} frames at "
+                    f"{source_fps:.2f} fps), fewer than the {num_frames} asked for"
+                )
+            idx = idx[:num_frames]
+        if round_to is not None:
+            idx = idx[: trim_frames(len(idx), round_to)]
+        return idx
+
+    frames = decode_frames(path, select)
     video = torch.from_numpy(np.ascontiguousarray(frames)).permute(3, 0, 1, 2).contiguous()  # (3, F, H, W)
     if size is not None:
         video = _resize(video, size)
     return to_float(video) if as_float else video
-
-
-def _read_frames_av(path: Path, idx: list[int]) -> np.ndarray:
-    """Decode the frames ``idx`` (in decode order) of ``path`` with PyAV: ``(len(idx), H, W, 3)`` uint8."""
-    import av
-
-    wanted = set(idx)
-    frames: dict[int, np.ndarray] = {}
-    with av.open(str(path)) as container:
-        for i, frame in enumerate(container.decode(video=0)):
-            if i in wanted:
-                frames[i] = frame.to_ndarray(format="rgb24")
-            if i >= max(idx):
-                break
-    missing = wanted - frames.keys()
-    if missing:
-        raise ValueError(f"frames {sorted(missing)[:5]} could not be decoded")
-    return np.stack([frames[i] for i in idx])
 
 
 def _frames_hwc(video: torch.Tensor) -> np.ndarray:
@@ -206,21 +242,35 @@ def write_video(video: torch.Tensor, path: str | Path, fps: float = 8.0) -> Path
 
 
 def _write_mp4(frames: np.ndarray, path: Path, fps: float) -> None:
-    from fractions import Fraction
-
-    import av
-
+    """H.264 at ``crf`` 18; odd sizes are padded by one edge pixel (yuv420p needs even sizes)."""
     _, h, w, _ = frames.shape
     ph, pw = h % 2, w % 2
     if ph or pw:
         frames = np.pad(frames, ((0, 0), (0, ph), (0, pw), (0, 0)), mode="edge")
-    with av.open(str(path), mode="w", format="mp4") as container:
-        stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1000))
-        stream.width, stream.height = w + pw, h + ph
+    encode_h264(frames, path, Fraction(fps).limit_denominator(1000), {"crf": "18"})
+
+
+def encode_h264(
+    frames: np.ndarray, dest: str | Path | BinaryIO, rate: int | Fraction, options: dict[str, str]
+) -> None:
+    """Encode ``uint8 (F, H, W, 3)`` frames (even H and W) as an H.264 yuv420p mp4 with PyAV.
+
+    Args:
+        frames: the frames, RGB.
+        dest: a file path, or a writable binary file object (e.g. ``io.BytesIO``).
+        rate: frame rate of the stream.
+        options: libx264 options, e.g. ``{"crf": "18"}``.
+    """
+    import av
+
+    _, h, w, _ = frames.shape
+    with av.open(str(dest) if isinstance(dest, (str, Path)) else dest, mode="w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=rate)
+        stream.width, stream.height = w, h
         stream.pix_fmt = "yuv420p"
-        stream.options = {"crf": "18"}
-        for f in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
+        stream.options = options
+        for frame in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")):
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)

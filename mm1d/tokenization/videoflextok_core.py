@@ -14,10 +14,6 @@ from torch import nn
 
 from mm1d.config import VideoFlexTokConfig
 from mm1d.tokenization.blocks import (
-    AdaLNBlock,
-    AdaLNFinal,
-    Block,
-    TimestepEmbedder,
     build_attention_mask,
     layer_norm_fp32,
     patchify,
@@ -28,7 +24,6 @@ from mm1d.tokenization.blocks import (
 from mm1d.tokenization.bundle import RegisterTokenizer
 from mm1d.tokenization.flextok import nested_dropout_mask
 from mm1d.tokenization.flow import APGConfig, euler_sample, guided_velocity
-from mm1d.tokenization.fsq import FSQ
 from mm1d.tokenization.video_latents import (
     FRAMES_PER_STEP,
     DiffusersVideoVAE,
@@ -82,61 +77,21 @@ class VideoFlexTokCore(RegisterTokenizer):
         self.latent_size = cfg.image_size // cfg.latent_downsample
         self.grid = self.latent_size // cfg.patch_size
         self.num_patches = self.grid * self.grid
-        n, tm = cfg.num_registers, self.max_steps
-        patch_dim = cfg.latent_channels * cfg.patch_size**2
-        de, dd = cfg.enc_dim, cfg.dec_dim
-
-        self.fsq = FSQ(cfg.fsq_levels, norm=cfg.quant_norm, num_positions=n)
-        # encoder
-        self.enc_patch = nn.Linear(patch_dim, de)
-        self.enc_registers = nn.Parameter(torch.empty(tm, n, de))  # one register set per time step
-        self.enc_blocks = nn.ModuleList(
-            [Block(de, de // cfg.head_dim, cfg.mlp_ratio, cfg.qk_norm) for _ in range(cfg.enc_depth)]
-        )
-        self.enc_out = nn.Linear(de, self.fsq.dim)
-        self.register_buffer("enc_pos", self._patch_positions(de), persistent=False)  # (Tm, P, De)
-        # decoder
-        groups = 2 if cfg.register_modulation else 1
-        self.dec_patch = nn.Linear(patch_dim, dd)
-        self.dec_reg_in = nn.Linear(self.fsq.dim, dd)
-        self.dec_reg_pos = nn.Parameter(torch.empty(tm, n, dd))
-        self.mask_token = nn.Parameter(torch.empty(dd))
-        self.null_cond = nn.Parameter(torch.empty(dd))
-        self.t_embed = TimestepEmbedder(dd)
-        self.summary = (
-            nn.Sequential(nn.Linear(dd, dd), nn.SiLU(), nn.Linear(dd, dd)) if cfg.register_summary else None
-        )
-        self.dec_blocks = nn.ModuleList(
-            [
-                AdaLNBlock(dd, dd // cfg.head_dim, cfg.mlp_ratio, cfg.qk_norm, num_groups=groups)
-                for _ in range(cfg.dec_depth)
-            ]
-        )
-        self.dec_final = AdaLNFinal(dd, patch_dim, num_groups=groups)
-        self.register_buffer("dec_pos", self._patch_positions(dd), persistent=False)  # (Tm, P, Dd)
+        self._build_layers(cfg, (self.max_steps,))  # one register set per time step
+        self.register_buffer("enc_pos", self._patch_positions(cfg.enc_dim), persistent=False)  # (Tm, P, De)
+        self.register_buffer("dec_pos", self._patch_positions(cfg.dec_dim), persistent=False)  # (Tm, P, Dd)
         self._init_weights()
 
     # ---- construction -------------------------------------------------------------------------------
-    @staticmethod
-    def _validate_config(cfg: VideoFlexTokConfig) -> None:
-        def need(ok: bool, msg: str) -> None:
-            if not ok:
-                raise ValueError(f"invalid VideoFlexTok config: {msg}")
-
+    @classmethod
+    def _validate_config(cls, cfg: VideoFlexTokConfig) -> None:
+        need = cls._need
         need(
             cfg.chunk_frames >= 1 and (cfg.chunk_frames - 1) % FRAMES_PER_STEP == 0,
             f"chunk_frames must be 1 + {FRAMES_PER_STEP}m, got {cfg.chunk_frames}",
         )
-        need(cfg.image_size % cfg.latent_downsample == 0, "image_size must be divisible by latent_downsample")
-        need((cfg.image_size // cfg.latent_downsample) % cfg.patch_size == 0, "latent size % patch_size != 0")
-        need(cfg.num_registers >= 1, "num_registers must be >= 1")
-        for name in ("enc_dim", "dec_dim"):
-            need(getattr(cfg, name) % cfg.head_dim == 0, f"{name} must be a multiple of head_dim")
-            need(getattr(cfg, name) % 4 == 0, f"{name} must be a multiple of 4 (sin-cos embeddings)")
-        need(cfg.enc_depth >= 1 and cfg.dec_depth >= 1, "enc_depth and dec_depth must be >= 1")
-        need(0.0 <= cfg.cond_dropout < 1.0, "cond_dropout must be in [0, 1)")
+        cls._validate_shared(cfg)
         need(0.0 <= cfg.prefix_prob <= 1.0 and cfg.max_prefix_steps >= 1, "prefix_prob in [0,1], max_prefix_steps >= 1")
-        need(0.0 <= cfg.perturb_prob <= 1.0 and 0.0 <= cfg.perturb_fraction <= 1.0, "perturb_* in [0, 1]")
         if cfg.latent == "pixels":
             need(
                 cfg.latent_channels == 3 * FRAMES_PER_STEP and cfg.latent_downsample == 1,
