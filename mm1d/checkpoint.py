@@ -28,8 +28,8 @@ from mm1d.config import PretrainConfig, VocabConfig, from_dict, to_dict
 from mm1d.modality import Vocab
 from mm1d.model.bundle import load_model_bundle, save_model_bundle
 from mm1d.model.transformer import Transformer
+from mm1d.tokenization.text import MODEL_FILENAME, text_model_path
 
-TEXT_MODEL = "text.model"
 REFS_FILE = "tokenizers.json"
 ASSETS = Path(__file__).resolve().parent / "assets"
 
@@ -43,19 +43,6 @@ def resolve_asset(ref: str) -> Path:
                                     "`make tokenizers` to recreate the tiny tokenizers")
         return path
     return Path(ref)
-
-
-def text_model_path(path: str | Path) -> Path:
-    """The SentencePiece file for ``path`` (a ``.model`` file or a directory holding ``text.model``)."""
-    p = Path(path)
-    if p.is_dir():
-        p = p / TEXT_MODEL
-    if not p.is_file():
-        raise FileNotFoundError(
-            f"text tokenizer not found: {p}. Train one with `python tokenizers/train_text.py "
-            f"--config configs/tokenizer/text_tiny.yaml out_dir=DIR` and point tokenizers.text at DIR/bundle"
-        )
-    return p
 
 
 def _check_bundle_dir(path: str | Path, what: str, how: str) -> Path:
@@ -81,7 +68,7 @@ def save_release_bundle(out_dir: str | Path, weights: dict[str, torch.Tensor], c
                                                           "pretrain": to_dict(cfg)})
         if cfg.tokenizers.text:
             (tmp / "text").mkdir()
-            shutil.copy2(text_model_path(cfg.tokenizers.text), tmp / "text" / TEXT_MODEL)
+            shutil.copy2(text_model_path(cfg.tokenizers.text), tmp / "text" / MODEL_FILENAME)
         refs = {}
         for name in ("image", "video"):
             src = getattr(cfg.tokenizers, name)

@@ -264,7 +264,7 @@ def understanding_program(
 
     Args:
         vocab: the registry.
-        sample: an ``i2t``/``v2t`` sample whose caption is a placeholder (it is cut off).
+        sample: an ``i2t``/``v2t`` sample whose caption is a stand-in (it is cut off).
         max_new: caption length limit (``<eos>`` is forced after it).
         text_prefix: local text ids the caption must start with (forced).
 
@@ -275,7 +275,7 @@ def understanding_program(
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new}")
     doc = build_document(sample, vocab)
     n_cap = len(sample.caption) if sample.caption is not None else 0
-    prompt = doc.ids[: len(doc.ids) - n_cap - 1].tolist()  # drop the placeholder caption and <eos>
+    prompt = doc.ids[: len(doc.ids) - n_cap - 1].tolist()  # drop the stand-in caption and <eos>
     prefix = [int(t) for t in text_prefix]
     if len(prefix) >= max_new:
         raise ValueError(f"the caption prefix has {len(prefix)} tokens, not below max_new_tokens={max_new}")

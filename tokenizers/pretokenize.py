@@ -6,7 +6,7 @@
 Runs the frozen text (SentencePiece), image (FlexTok) and video (VideoFlexTok) tokenizers named by
 ``tokenizers.text/.image/.video`` over ``source`` (``shapes`` for ShapesWorld in memory, or an image
 folder, webdataset tars, a Hugging Face dataset saved to disk, or mp4 files) and writes
-``out_dir/shard_XXXXX.{bin,json}``. Each rank writes a disjoint set of shards; finished shards are skipped
+``out_dir/shard_NNNNN.{bin,json}``. Each rank writes a disjoint set of shards; finished shards are skipped
 on a re-run. ``train.max_steps`` is accepted like every entry point but unused.
 """
 

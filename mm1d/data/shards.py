@@ -2,8 +2,8 @@
 
 A shard is two files in one directory:
 
-* ``shard_XXXXX.bin``: raw little-endian arrays, one after another, each starting at a 64-byte boundary;
-* ``shard_XXXXX.json``: the index. It names each array's offset, dtype and shape, the sample keys, how
+* ``shard_NNNNN.bin``: raw little-endian arrays, one after another, each starting at a 64-byte boundary;
+* ``shard_NNNNN.json``: the index. It names each array's offset, dtype and shape, the sample keys, how
   many samples serve each task, the tokenizers' metadata, how many source samples were skipped as
   corrupt, and the bin's byte size and sha256. The index is written last (atomically), so its presence
   marks a finished shard.

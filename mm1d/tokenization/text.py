@@ -23,6 +23,23 @@ from mm1d.utils import atomic_path
 MODEL_FILENAME = "text.model"
 
 
+def text_model_path(source: str | Path) -> Path:
+    """The SentencePiece file for ``source``: a ``.model`` file, or a bundle directory holding ``text.model``.
+
+    Raises:
+        FileNotFoundError: naming the missing file and how to create it.
+    """
+    path = Path(source)
+    if path.is_dir():
+        path = path / MODEL_FILENAME
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"text tokenizer not found: {path}. Train one with `python tokenizers/train_text.py --config "
+            f"configs/tokenizer/text_tiny.yaml out_dir=DIR`, which writes DIR/bundle/{MODEL_FILENAME}"
+        )
+    return path
+
+
 class TextTokenizer:
     """A loaded SentencePiece model.
 
@@ -116,15 +133,7 @@ class TextTokenizer:
         """Load from a ``.model`` file, a bundle directory holding ``text.model``, or the model's bytes."""
         if isinstance(source, (bytes, bytearray)):
             return cls(bytes(source))
-        path = Path(source)
-        if path.is_dir():
-            path = path / MODEL_FILENAME
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"text tokenizer not found: {path} (train one with tokenizers/train_text.py, which writes "
-                f"out_dir/bundle/{MODEL_FILENAME})"
-            )
-        return cls(path.read_bytes())
+        return cls(text_model_path(source).read_bytes())
 
     @classmethod
     def from_pretrained(cls, bundle_dir: str | Path) -> TextTokenizer:

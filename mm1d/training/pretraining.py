@@ -14,11 +14,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from mm1d.checkpoint import resolve_asset, save_release_bundle, text_model_path
+from mm1d.checkpoint import resolve_asset, save_release_bundle
 from mm1d.config import PretrainConfig, to_dict
 from mm1d.data.packing import PackedBatch
 from mm1d.modality import Vocab
 from mm1d.model.transformer import Transformer
+from mm1d.tokenization.text import text_model_path
 from mm1d.training.trainer import Trainer, TrainState
 from mm1d.utils import print0, rank, world_size
 
