@@ -136,3 +136,10 @@ def test_registered_schemas_build_from_defaults() -> None:
     for name, schema in config_module.SCHEMAS.items():
         cfg = schema()
         assert from_dict(schema, to_dict(cfg)) == cfg, name
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[1] / "configs").rglob("*.yaml")),
+                         ids=lambda p: p.name)
+def test_every_shipped_yaml_config_loads_into_its_schema(path: Path) -> None:
+    cfg = load_config(path)  # the `_schema_` key names the dataclass; unknown keys or wrong types would raise
+    assert type(cfg) in SCHEMAS.values()

@@ -17,7 +17,6 @@ import math
 import os
 import shutil
 import socket
-from collections.abc import Iterator
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -359,9 +358,3 @@ class Engine:
     def _barrier(self) -> None:
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.barrier()
-
-
-def iterate_forever(make_iter) -> Iterator[Any]:
-    """Yield from ``make_iter()`` again and again (epochs)."""
-    while True:
-        yield from make_iter()
