@@ -53,3 +53,15 @@ def test_release_bundle_references_shipped_tokenizers(tmp_path: Path) -> None:
     assert rb.tokenizer_dir("video") == ASSETS / "videoflextok-shapes-tiny"
     with pytest.raises(FileNotFoundError, match="shipped asset asset:nope"):
         resolve_asset("asset:nope")
+
+
+def test_default_bundle_generates_right_after_install() -> None:
+    """mm1d.load() with no path loads the shipped mm1d/assets/shapes-tiny bundle (main job output)."""
+    import mm1d
+
+    out = mm1d.generate(["a large red circle in the top left", "a small blue square in the center"],
+                        modality="image", budget=[4, 8], seed=0, decoder_steps=2)
+    assert [len(t) for t in out.tokens] == [4, 8] and out.budgets == [4, 8]
+    assert len(out.images) == 2 and out.images[0].size == (32, 32)
+    cap = mm1d.generate(None, modality="text", images=out.images[:1], seed=0)
+    assert isinstance(cap.texts[0], str) and cap.texts[0]
