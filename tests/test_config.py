@@ -143,3 +143,14 @@ def test_registered_schemas_build_from_defaults() -> None:
 def test_every_shipped_yaml_config_loads_into_its_schema(path: Path) -> None:
     cfg = load_config(path)  # the `_schema_` key names the dataclass; unknown keys or wrong types would raise
     assert type(cfg) in SCHEMAS.values()
+
+
+def test_atomic_writes_get_normal_permissions(tmp_path: Path) -> None:
+    import os
+
+    from mm1d.utils import atomic_write_text
+
+    atomic_write_text(tmp_path / "a.txt", "x")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o666 & ~umask
