@@ -188,7 +188,8 @@ class Trainer:
     def _update_ema(self) -> None:
         if self.ema is None:
             return
-        d = self.train_cfg.ema_decay
+        # Warm the decay up, so that early in a run the average is not dominated by the random init.
+        d = min(self.train_cfg.ema_decay, (1 + self.state.step) / (10 + self.state.step))
         for n, p in self.engine.module.named_parameters():
             e = self.ema[n]
             if e.device != p.device:
