@@ -178,10 +178,6 @@ def run_pretraining(cfg: PretrainConfig) -> TrainState:
     def bundle_fn(weights: dict[str, torch.Tensor], path: Path) -> None:
         save_release_bundle(path, weights, cfg)
 
-    run_config: dict[str, Any] = to_dict(cfg)
-    Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)
-    if rank() == 0:
-        (Path(cfg.out_dir) / "config.json").write_text(json.dumps(run_config, indent=2))
     trainer = Trainer(
         model,
         train=cfg.train,
@@ -195,6 +191,6 @@ def run_pretraining(cfg: PretrainConfig) -> TrainState:
         eval_fn=eval_fn if cfg.eval_data else None,
         sample_fn=make_sample_fn(cfg, vocab),
         bundle_fn=bundle_fn,
-        run_config=run_config,
+        run_config=to_dict(cfg),
     )
     return trainer.fit()

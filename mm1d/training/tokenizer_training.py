@@ -9,7 +9,6 @@ any reader source (``mm1d.data.sources``), resized to the model's resolution.
 from __future__ import annotations
 
 import itertools
-import json
 from pathlib import Path
 from typing import Any
 
@@ -184,10 +183,6 @@ def run_tokenizer_training(cfg: Any, kind: str) -> TrainState:
         fresh.save_pretrained(path)
         sample_fn(fresh, cfg.train.max_steps)
 
-    run_config = to_dict(cfg)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if rank() == 0:
-        (out_dir / "config.json").write_text(json.dumps(run_config, indent=2))
     trainer = Trainer(
         model,
         train=cfg.train,
@@ -200,6 +195,6 @@ def run_tokenizer_training(cfg: Any, kind: str) -> TrainState:
         data=data,
         sample_fn=sample_fn,
         bundle_fn=bundle_fn,
-        run_config=run_config,
+        run_config=to_dict(cfg),
     )
     return trainer.fit()

@@ -9,6 +9,7 @@ with tokens per second, periodic eval and samples, and the release bundle at the
 
 from __future__ import annotations
 
+import json
 import random
 import time
 from collections.abc import Callable
@@ -24,7 +25,7 @@ from tqdm.auto import tqdm
 from mm1d.config import EngineConfig, OptimConfig, TrackingConfig, TrainConfig
 from mm1d.training.engine import Engine
 from mm1d.training.tracking import Tracker
-from mm1d.utils import is_main, print0, rank, seed_everything
+from mm1d.utils import atomic_write_text, is_main, print0, rank, seed_everything
 
 LossFn = Callable[[nn.Module, Any], tuple[torch.Tensor, dict[str, float]]]
 
@@ -122,7 +123,8 @@ class Trainer:
         eval_fn: ``(module) -> metrics``, every ``eval_every`` steps, on every rank.
         sample_fn: ``(module, step) -> None``, every ``sample_every`` steps, on every rank.
         bundle_fn: ``(weights, path) -> None`` writes the release bundle from full fp32 weights (rank 0).
-        run_config: the resolved config, stored in checkpoints and logged to wandb.
+        run_config: the resolved config, written to ``out_dir/config.json``, stored in checkpoints and
+            logged to wandb.
     """
 
     def __init__(
@@ -155,6 +157,9 @@ class Trainer:
         self.ema: dict[str, torch.Tensor] | None = None
         if train.ema_decay > 0:
             self.ema = {n: p.detach().float().clone() for n, p in self.engine.module.named_parameters()}
+        if rank() == 0:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(self.out_dir / "config.json", json.dumps(self.run_config, indent=2))
         self.tracker = Tracker(tracking, self.out_dir, self.run_config)
         self.state = TrainState()
         self.ckpt_dir = self.out_dir / "checkpoints"
