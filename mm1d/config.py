@@ -522,6 +522,8 @@ class VisualTokenizerConfig:
     timestep_sampling: Literal["logit_normal", "uniform"] = "logit_normal"
     ln_mean: float = 0.0
     ln_std: float = 1.0
+    # what the decoder outputs: the velocity "v", or the clean latents "x0" (converted to a velocity, v-loss)
+    prediction: Literal["v", "x0"] = "v"
     aux_recon_weight: float = 0.0  # weight of the direct-reconstruction loss
     aux_recon_mode: Literal["x0", "zero_noise"] = "x0"  # x0 = x_t - t v, or a t=1 pass on zero input
     perturb_prob: float = 0.0  # per-sample probability of latent perturbation during training

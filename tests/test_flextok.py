@@ -168,6 +168,7 @@ def test_bad_inputs() -> None:
         {"nested_dropout": "none", "quant_norm": "rms", "timestep_sampling": "uniform"},
         {"aux_recon_weight": 1.0, "aux_recon_mode": "zero_noise", "register_summary": True},
         {"aux_recon_weight": 0.5, "aux_recon_mode": "x0", "perturb_prob": 1.0, "perturb_fraction": 0.5},
+        {"prediction": "x0", "aux_recon_weight": 1.0},
         {"repa_weight": 0.5, "repa_dim": 24, "repa_extractor": "random_conv", "repa_layer": 0},
     ],
 )
@@ -191,6 +192,20 @@ def test_training_loss_backward_and_reproducible(kw: dict) -> None:
     if kw.get("quant_norm") != "batch":
         again, _ = model.training_loss(x, generator=torch.Generator().manual_seed(0))
         assert torch.allclose(again, loss)
+
+
+def test_x0_prediction_decoder_outputs_the_implied_velocity() -> None:
+    """With prediction="x0" the head's output is the clean estimate: x_t - t * v gives it back for every t."""
+    v_model, x_model = make_model(seed=1), make_model(seed=1, prediction="x0")
+    x_model.load_state_dict(v_model.state_dict())
+    codes, _ = v_model.quantize(images(2))
+    keep, null = torch.tensor([8, 3]), torch.zeros(2, dtype=torch.bool)
+    x_t = torch.randn(2, 3, 16, 16)
+    t = torch.tensor([0.25, 0.8])
+    head, _ = v_model.decoder_forward(x_t, t, codes, keep, null)  # the same head output, read as v
+    v, _ = x_model.decoder_forward(x_t, t, codes, keep, null)
+    assert torch.allclose(x_t - t[:, None, None, None] * v, head, atol=1e-5)
+    assert not torch.allclose(v, head)
 
 
 def test_repa_custom_teacher_and_latent_perturbation_changes_codes() -> None:

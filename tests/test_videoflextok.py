@@ -191,6 +191,23 @@ def test_prefix_excluded_from_loss() -> None:
     assert moved > base + 1.0
 
 
+def test_x0_prediction_per_time_step() -> None:
+    """prediction="x0": x_t - t * v recovers the head's output with each time step's own noise level."""
+    v_model, x_model = make_model(), make_model(prediction="x0")
+    x_model.load_state_dict(v_model.state_dict())
+    b, t = 2, 3
+    x_t = torch.randn(b, 12, t, 16, 16)
+    codes = torch.rand(b, t, 4, 4) * 2 - 1
+    keep, null = torch.full((b, t), 4), torch.zeros(b, dtype=torch.bool)
+    prefix = torch.zeros(b, t, dtype=torch.bool)
+    ts = torch.tensor([[0.2, 0.5, 0.9], [1.0, 0.3, 0.6]])
+    head = v_model.decoder_forward(x_t, ts, codes, keep, null, prefix)
+    v = x_model.decoder_forward(x_t, ts, codes, keep, null, prefix)
+    assert torch.allclose(x_t - ts[:, None, :, None, None] * v, head, atol=1e-5)
+    loss, _ = make_model(prediction="x0", aux_recon_weight=1.0).train().training_loss(video(2, 9))
+    assert torch.isfinite(loss)
+
+
 def test_training_loss_backward_reaches_encoder() -> None:
     model = make_model(register_summary=True, first_step_dropout="uniform", perturb_prob=0.5).train()
     loss, metrics = model.training_loss(video(3, 9), torch.Generator().manual_seed(1))

@@ -34,7 +34,14 @@ from mm1d.tokenization.blocks import (
     unpatchify,
 )
 from mm1d.tokenization.bundle import RegisterTokenizer
-from mm1d.tokenization.flow import APGConfig, add_noise, euler_sample, guided_velocity, sample_timesteps
+from mm1d.tokenization.flow import (
+    APGConfig,
+    add_noise,
+    euler_sample,
+    guided_velocity,
+    sample_timesteps,
+    velocity_from_x0,
+)
 from mm1d.tokenization.latents import build_latent
 from mm1d.tokenization.repa import FeatureFn, build_feature_extractor, teacher_grid
 
@@ -218,7 +225,8 @@ class FlexTok(RegisterTokenizer):
             return_repa: also return the patch tokens after block ``repa_layer``.
 
         Returns:
-            (velocity float32 ``(B, C, h, w)``, REPA features ``(B, P, Dd)`` or None).
+            (velocity float32 ``(B, C, h, w)`` (from the predicted clean latents when
+            ``prediction="x0"``), REPA features ``(B, P, Dd)`` or None).
         """
         cfg = self.cfg
         dtype = self.dec_patch.weight.dtype
@@ -237,6 +245,8 @@ class FlexTok(RegisterTokenizer):
                 feats = h[:, : self.num_patches]
         out = self.dec_final(h[:, : self.num_patches], cond, self.groups[: self.num_patches])  # (B, P, C p p)
         v = unpatchify(out.float(), cfg.patch_size, cfg.latent_channels, self.latent_size, self.latent_size)
+        if cfg.prediction == "x0":
+            v = velocity_from_x0(x_t.float(), v, t.to(v.device))
         return v, feats
 
     # ---- public API ---------------------------------------------------------------------------------

@@ -54,6 +54,26 @@ def predict_x0(x_t: torch.Tensor, v: torch.Tensor, t: torch.Tensor) -> torch.Ten
     return x_t - _bcast(t, x_t) * v
 
 
+def velocity_from_x0(x_t: torch.Tensor, x0_hat: torch.Tensor, t: torch.Tensor, t_min: float = 0.05) -> torch.Tensor:
+    """The velocity implied by a clean-data prediction (x-prediction, as in JiT): ``(x_t - x0_hat) / t``.
+
+    A network that outputs ``x0_hat`` stays on the low-dimensional data manifold, which is far easier to
+    fit with wide patch tokens than the full-rank noise in ``v``; the loss and the Euler sampler still use
+    the velocity. ``t`` is clamped below at ``t_min`` so the division stays bounded near clean data.
+
+    Args:
+        x_t: noised data ``(B, ...)``.
+        x0_hat: predicted clean data, same shape.
+        t: noise levels ``(B,)``, or any tensor that broadcasts against ``x_t``.
+        t_min: the smallest divisor.
+
+    Returns:
+        velocity, same shape as ``x_t``.
+    """
+    tb = _bcast(t, x_t) if t.dim() == 1 else t.to(x_t.dtype)
+    return (x_t - x0_hat) / tb.clamp_min(t_min)
+
+
 def sample_timesteps(
     batch: int,
     mode: TimestepSampling = "logit_normal",

@@ -23,7 +23,7 @@ from mm1d.tokenization.blocks import (
 )
 from mm1d.tokenization.bundle import RegisterTokenizer
 from mm1d.tokenization.flextok import nested_dropout_mask
-from mm1d.tokenization.flow import APGConfig, euler_sample, guided_velocity
+from mm1d.tokenization.flow import APGConfig, euler_sample, guided_velocity, velocity_from_x0
 from mm1d.tokenization.video_latents import (
     FRAMES_PER_STEP,
     DiffusersVideoVAE,
@@ -254,7 +254,7 @@ class VideoFlexTokCore(RegisterTokenizer):
             prefix: bool ``(B, T)`` clean prefix steps.
 
         Returns:
-            velocity float32 ``(B, C, T, h, w)``.
+            velocity float32 ``(B, C, T, h, w)`` (from the predicted clean latents when ``prediction="x0"``).
         """
         cfg = self.cfg
         b, c, t, hh, ww = x_t.shape
@@ -278,7 +278,10 @@ class VideoFlexTokCore(RegisterTokenizer):
         patch_groups = torch.zeros_like(patch_time) if groups is not None else None
         out = self.dec_final(patches, cond, patch_groups, cond_index=patch_time).float()  # (B, T*P, C p p)
         frames = unpatchify(out.view(b * t, p, -1), cfg.patch_size, c, hh, ww)  # (B*T, C, h, w)
-        return frames.view(b, t, c, hh, ww).permute(0, 2, 1, 3, 4)  # (B, C, T, h, w)
+        out = frames.view(b, t, c, hh, ww).permute(0, 2, 1, 3, 4)  # (B, C, T, h, w)
+        if cfg.prediction == "x0":
+            out = velocity_from_x0(x_t.float(), out, t_step.to(out.device).float()[:, None, :, None, None])
+        return out
 
     # ---- sampling -----------------------------------------------------------------------------------
     @torch.no_grad()
