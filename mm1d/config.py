@@ -247,6 +247,9 @@ class VocabConfig:
     video_codebook: int = 1000  # product of the VideoFlexTok FSQ levels
     max_budget: int = 32  # number of budget tokens <k_1>..<k_N> (max tokens per image / video step)
     max_time_steps: int = 16  # number of video length tokens <nt_1>..<nt_T>
+    # image and video codes share one id range (and so one embedding/head row per code), as in Emu3;
+    # needs image_codebook == video_codebook. The structure tokens (<boi>/<bov>, <nt_T>) tell them apart.
+    shared_visual: bool = False
 
 
 @dataclass

@@ -9,6 +9,10 @@ Layout of the single id space (contiguous ranges, offsets computed from the size
     [O_img, O_img + C_img)              FlexTok image codes
     [O_vid, O_vid + C_vid)              VideoFlexTok video codes
 
+With ``shared_visual`` the image and video codes share one range (``O_vid == O_img``, ``C_vid == C_img``):
+one embedding row and one head row per code, as in Emu3's single visual vocabulary. The sequence
+structure (``<boi>`` vs ``<bov> <nt_T>``) says which tokenizer decodes a span.
+
 No other module hard-codes an offset: sequence building, embeddings, loss masks and the sampler all ask
 this registry.
 """
@@ -65,13 +69,18 @@ class Vocab:
     video_codebook: int
     max_budget: int
     max_time_steps: int
+    shared_visual: bool = False
 
     @classmethod
     def from_config(cls, cfg: VocabConfig) -> Vocab:
         for name in ("text_size", "image_codebook", "video_codebook", "max_budget", "max_time_steps"):
             if getattr(cfg, name) <= 0:
                 raise ValueError(f"vocab.{name} must be positive, got {getattr(cfg, name)}")
-        return cls(cfg.text_size, cfg.image_codebook, cfg.video_codebook, cfg.max_budget, cfg.max_time_steps)
+        if cfg.shared_visual and cfg.image_codebook != cfg.video_codebook:
+            raise ValueError(f"vocab.shared_visual needs image_codebook == video_codebook, got "
+                             f"{cfg.image_codebook} and {cfg.video_codebook}")
+        return cls(cfg.text_size, cfg.image_codebook, cfg.video_codebook, cfg.max_budget, cfg.max_time_steps,
+                   cfg.shared_visual)
 
     # ---- sizes and offsets --------------------------------------------------------------------------
     @property
@@ -94,7 +103,7 @@ class Vocab:
 
     @property
     def video_offset(self) -> int:
-        return self.image_offset + self.image_codebook
+        return self.image_offset if self.shared_visual else self.image_offset + self.image_codebook
 
     @property
     def size(self) -> int:
@@ -106,7 +115,7 @@ class Vocab:
         check_modality(modality)
         return {
             "text": (0, self.text_size),
-            "image": (self.image_offset, self.video_offset),
+            "image": (self.image_offset, self.image_offset + self.image_codebook),
             "video": (self.video_offset, self.size),
         }[modality]
 
@@ -140,13 +149,15 @@ class Vocab:
         return ids - start
 
     def modality_of(self, gid: int) -> str:
-        """'text', 'image', 'video' or 'special' for one global id."""
+        """'text', 'image', 'video' or 'special' for one global id ('visual' in a shared visual range)."""
         if not 0 <= gid < self.size:
             raise ValueError(f"id {gid} outside the vocabulary [0, {self.size})")
         if gid < self.text_size:
             return "text"
         if gid < self.image_offset:
             return "special"
+        if self.shared_visual:
+            return "visual"
         if gid < self.video_offset:
             return "image"
         return "video"

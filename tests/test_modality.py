@@ -106,3 +106,18 @@ def test_offsets_follow_the_sizes() -> None:
     assert b.special("<boi>") == a.special("<boi>") + 1 and b.image_offset == a.image_offset + 1
     c = Vocab.from_config(VocabConfig(max_budget=33))
     assert c.image_offset == a.image_offset - 100 + 512 + 1 and c.special("<nt_1>") == c.special("<k_33>") + 1
+
+
+def test_shared_visual_range() -> None:
+    cfg = VocabConfig(text_size=7, image_codebook=5, video_codebook=5, max_budget=2, max_time_steps=1)
+    split, shared = Vocab.from_config(cfg), Vocab.from_config(VocabConfig(**{**vars(cfg), "shared_visual": True}))
+    assert shared.range("image") == shared.range("video") == split.range("image")
+    assert shared.size == split.size - 5
+    codes = torch.tensor([0, 4, 2])
+    for m in ("image", "video"):
+        assert torch.equal(shared.to_local(m, shared.to_global(m, codes)), codes)
+    assert shared.modality_of(shared.image_offset) == "visual" and split.modality_of(split.video_offset) == "video"
+    with pytest.raises(ValueError, match="out of range|outside"):
+        shared.to_global("video", 5)
+    with pytest.raises(ValueError, match="image_codebook == video_codebook"):
+        Vocab.from_config(VocabConfig(image_codebook=5, video_codebook=6, shared_visual=True))

@@ -218,7 +218,7 @@ def test_meta_summary_counts_match_closed_form(tie: bool, qk: bool) -> None:
     assert (s["non_embedding"], s["total"], s["vocab_size"]) == (non_emb, total, vocab)
 
 
-@pytest.mark.parametrize("name,target", [("mm_350m", 350e6), ("mm_1b", 1e9)])
+@pytest.mark.parametrize("name,target", [("mm_350m", 350e6), ("mm_1b", 1e9), ("mm_3b", 3e9)])
 def test_release_configs_are_within_five_percent_of_their_name(name: str, target: float) -> None:
     cfg, vcfg = load_model_sections(REPO / "configs" / f"{name}.yaml")
     s = summarize(cfg, vcfg)

@@ -174,3 +174,16 @@ def test_parse_rejects_malformed() -> None:
     short = np.delete(doc, 5)  # one image code fewer than the budget says
     with pytest.raises(SequenceFormatError):
         parse_document(short, VOCAB)
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_build_parse_identity_with_a_shared_visual_range(task: str) -> None:
+    """Image and video codes in one id range: the structure tokens alone route each span."""
+    shared = Vocab.from_config(VocabConfig(text_size=300, image_codebook=64, video_codebook=64, max_budget=16,
+                                           max_time_steps=6, shared_visual=True))
+    rng = np.random.default_rng(1)
+    for _ in range(20):
+        s = choose_sample(_stored(rng, auto=True), task, SequenceConfig(auto_prob=0.5), shared, rng)
+        doc = build_document(s, shared)
+        assert parse_document(doc.ids, shared) == s
+        assert int(doc.ids.max()) < shared.size
