@@ -568,6 +568,9 @@ class TokenizerDataConfig:
     source: str = "shapes"  # "shapes", or a path readable by mm1d.data.sources (folder, tar, HF dataset, mp4s)
     shapes: ShapesConfig = field(default_factory=ShapesConfig)
     val_samples: int = 8  # fixed ShapesWorld val samples shown in the periodic reconstruction grids
+    # training batches used to recompute the FSQ batch-norm statistics of the released weights
+    # (quant_norm="batch"); 0 keeps the running averages
+    calibrate_batches: int = 32
     max_corrupt_fraction: float = 0.05  # reader sources: fail when more than this share is unreadable
 
 

@@ -296,3 +296,20 @@ def test_repa_hf_backbone(tmp_path: Path) -> None:
         FlexTok(tiny_cfg(repa_weight=1.0, repa_dim=16, repa_extractor=f"hf:{tmp_path / 'none'}")).training_loss(
             images(1)
         )
+
+
+def test_calibrated_quantizer_gives_the_training_codes() -> None:
+    """After calibrate_quantizer on a batch, eval-mode ids equal the train-mode (batch-statistics) ids."""
+    model = make_model(quant_norm="batch")
+    x = images(16, seed=3)
+    with torch.no_grad():
+        model.train()
+        train_ids = model.quantize(model.latent.encode(x))[1]
+        model.eval()
+        stale = model.tokenize(x)
+        assert model.calibrate_quantizer([x[:8], x[8:]]) == 16
+    assert not torch.equal(stale, train_ids)  # the fresh running averages are far off
+    assert torch.equal(model.tokenize(x), train_ids)
+    assert torch.equal(model.tokenize(x, 3), train_ids[:, :3])  # still prefix-invariant
+    with pytest.raises(ValueError, match="quant_norm='batch'"):
+        make_model(quant_norm="rms").calibrate_quantizer([x])

@@ -362,3 +362,14 @@ def test_d18_d28_config_on_meta_device() -> None:
     assert isinstance(cfg.model, VideoFlexTokConfig) and cfg.model.latent == "vae"
     counts = parameter_report(cfg.model)
     assert 1.2e9 < counts["total_without_adaln"] < 1.6e9
+
+
+def test_calibrated_quantizer_gives_the_training_codes() -> None:
+    model = make_model(quant_norm="batch")
+    x = video(6, 9, seed=4)
+    with torch.no_grad():
+        model.train()
+        train_ids = model.quantize(model.latent.encode(x))[1]  # (B, T, N), batch statistics over B*T
+        model.eval()
+        assert model.calibrate_quantizer([x[:3], x[3:]]) == 6
+    assert torch.equal(model.tokenize(x), train_ids)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ClassVar, Self
@@ -150,6 +150,35 @@ class RegisterTokenizer(nn.Module):
     def _check_k(self, k: int) -> None:
         if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= self.num_registers:
             raise ValueError(f"k must be an integer in [1, {self.num_registers}], got {k!r}")
+
+    @torch.no_grad()
+    def calibrate_quantizer(self, batches: Iterable[torch.Tensor]) -> int:
+        """Recompute the FSQ batch-norm statistics exactly with the current weights (``quant_norm="batch"``).
+
+        Run it on the weights being released (the EMA copy, when there is one): their encoder differs
+        from the one the running averages followed during training.
+
+        Args:
+            batches: images ``(B, 3, H, W)`` or videos ``(B, 3, F, H, W)`` in [-1, 1] (one chunk long).
+
+        Returns:
+            the number of samples used.
+        """
+        if self.fsq.norm != "batch":
+            raise ValueError(f"calibrate_quantizer() applies to quant_norm='batch', not {self.fsq.norm!r}")
+        latent = self._require_latent()
+        device = self.enc_patch.weight.device
+        zs, count = [], 0
+        with self._eval_mode():
+            for x in batches:
+                z = self.encode_registers(latent.encode(x.to(device)))  # (B, N, D) or (B, T, N, D)
+                zs.append(z.reshape(-1, *z.shape[-2:]).float().cpu())  # video steps share the statistics
+                count += x.shape[0]
+        if not zs:
+            raise ValueError("calibrate_quantizer() needs at least one batch")
+        z = torch.cat(zs)
+        self.fsq.calibrate(z.to(self.fsq.running_mean.device))
+        return count
 
     @contextmanager
     def _eval_mode(self) -> Iterator[None]:

@@ -115,6 +115,27 @@ class FSQ(nn.Module):
             mean, var = self.running_mean[:n], self.running_var[:n]
         return (z - mean) * torch.rsqrt(var + 1e-5)
 
+    @torch.no_grad()
+    def calibrate(self, z: torch.Tensor) -> None:
+        """Set the running statistics of ``norm="batch"`` exactly from a sample of encoder outputs.
+
+        The running averages lag the encoder while it trains (momentum 0.01 is a ~100-step window), so
+        inference codes drift away from the codes the decoder was trained on. Calling this with the final
+        weights ("precise BN") removes that gap.
+
+        Args:
+            z: float ``(M, n, D)`` pre-quantization outputs of ``M`` samples for positions ``0..n-1``.
+        """
+        if self.norm != "batch":
+            raise ValueError(f"calibrate() applies to norm='batch', this FSQ uses norm={self.norm!r}")
+        n = z.shape[1]
+        if z.dim() != 3 or z.shape[2] != self.dim or n > self.running_mean.shape[0] or z.shape[0] < 2:
+            raise ValueError(f"calibrate() needs (M >= 2, n <= {self.running_mean.shape[0]}, {self.dim}), "
+                             f"got {tuple(z.shape)}")
+        z64 = z.double()
+        self.running_mean[:n] = z64.mean(dim=0).to(self.running_mean.dtype)
+        self.running_var[:n] = z64.var(dim=0, unbiased=False).to(self.running_var.dtype)
+
     def bound(self, z: torch.Tensor) -> torch.Tensor:
         """Squash ``z`` so that rounding yields integers in ``[-(L//2), L - 1 - L//2]`` per channel."""
         lv = self.levels.to(z.dtype)

@@ -180,6 +180,10 @@ def run_tokenizer_training(cfg: Any, kind: str) -> TrainState:
     def bundle_fn(weights: dict[str, torch.Tensor], path: Path) -> None:
         fresh = Model(cfg.model)
         fresh.load_state_dict(weights)
+        if cfg.model.quant_norm == "batch" and cfg.data.calibrate_batches > 0:
+            calib = make_data(cfg.data, cfg.train, kind, size, frames, cfg.seed + 2)  # batches not trained on
+            n = fresh.calibrate_quantizer(itertools.islice(iter(calib), cfg.data.calibrate_batches))
+            print0(f"FSQ statistics recomputed on {n} samples with the released weights")
         fresh.save_pretrained(path)
         sample_fn(fresh, cfg.train.max_steps)
 

@@ -1,0 +1,64 @@
+"""Tokenizer training end to end (tiny, a few steps): the shipped YAML recipes load and train, the bundle is
+written with FSQ statistics recomputed under the released weights, and the reconstruction grid is drawn.
+(Resume is covered by tests/test_trainer.py, which drives the same Trainer.)"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from mm1d.config import TrainFlexTokConfig, TrainVideoFlexTokConfig, load_config
+from mm1d.tokenization.flextok import FlexTok
+from mm1d.tokenization.videoflextok import VideoFlexTok
+from mm1d.training.tokenizer_training import make_data, run_tokenizer_training
+
+REPO = Path(__file__).resolve().parents[1]
+
+TINY = ["model.enc_depth=1", "model.dec_depth=1", "model.enc_dim=32", "model.dec_dim=32", "model.head_dim=16",
+        "train.batch_size=4", "train.log_every=1", "train.save_every=2", "train.sample_every=100",
+        "train.ema_decay=0.9", "optim.warmup_steps=1", "data.val_samples=2", "data.calibrate_batches=3",
+        "samples.steps=1"]
+
+
+def _train(kind: str, tmp_path: Path, steps: int, extra: list[str]) -> Path:
+    if kind == "image":
+        path, schema = REPO / "configs/tokenizer/flextok_tiny.yaml", TrainFlexTokConfig
+    else:
+        path, schema = REPO / "configs/tokenizer/videoflextok_tiny.yaml", TrainVideoFlexTokConfig
+    cfg = load_config(path, [f"out_dir={tmp_path}", f"train.max_steps={steps}", *TINY, *extra], schema=schema)
+    run_tokenizer_training(cfg, kind)
+    return tmp_path
+
+
+@pytest.mark.parametrize("kind", ["image", "video"])
+def test_recipe_trains_and_releases_a_calibrated_bundle(kind: str, tmp_path: Path) -> None:
+    extra = ["model.num_registers=4", "model.image_size=16"]
+    if kind == "video":
+        extra += ["model.chunk_frames=5", "data.shapes.frames=5", "data.shapes.size=16"]
+    else:
+        extra += ["data.shapes.size=16"]
+    out = _train(kind, tmp_path, 3, extra)
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines if "loss" in x][-1] == 3
+    cls = FlexTok if kind == "image" else VideoFlexTok
+    tok = cls.from_pretrained(out / "bundle")
+    assert tok.cfg.prediction == "x0" and tok.cfg.aux_recon_mode == "zero_noise"  # the shipped recipe
+    # the released statistics are those of the calibration batches under the released (EMA) weights
+    cfg = json.loads((out / "config.json").read_text())
+    load = load_config(REPO / "configs/tokenizer" / ("flextok_tiny.yaml" if kind == "image" else
+                                                      "videoflextok_tiny.yaml"),
+                       [f"out_dir={out}", *TINY, *extra],
+                       schema=TrainFlexTokConfig if kind == "image" else TrainVideoFlexTokConfig)
+    assert cfg["data"]["calibrate_batches"] == 3
+    frames = load.data.shapes.frames if kind == "video" else 1
+    data = iter(make_data(load.data, load.train, kind, 16, frames, load.seed + 2))
+    with torch.no_grad():
+        zs = [tok.encode_registers(tok.latent.encode(next(data))) for _ in range(3)]
+    z = torch.cat([x.reshape(-1, *x.shape[-2:]) for x in zs])
+    assert torch.allclose(tok.fsq.running_mean, z.mean(0), atol=1e-5)
+    assert torch.allclose(tok.fsq.running_var, z.var(0, unbiased=False), atol=1e-5)
+    grids = sorted((out / "samples").iterdir())
+    assert grids and grids[-1].suffix == (".png" if kind == "image" else ".gif")
