@@ -2,7 +2,7 @@
 
     python eval/eval_reconstruction.py --tokenizer BUNDLE --data DIR --budgets 1,2,4,8,16,32 --out DIR
         [--modality image|video] [--seeds 0,1,2] [--perturb 0.1] [--inception PATH|default] [--i3d PATH]
-        [--steps N] [--guidance S] [--apg|--no-apg] [--zero-noise] [--batch-size B] [--limit N]
+        [--steps N] [--guidance S] [--apg|--no-apg] [--zero-noise|--no-zero-noise] [--batch-size B] [--limit N]
 
 DIR (data) is a ShapesWorld split written by ``python -m mm1d.data.shapes --out DIR --split val
 --num-images N [--num-videos M] --size S`` (S = the tokenizer's image size), or any folder with
@@ -47,7 +47,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--steps", type=int, default=d.steps, help="decoder Euler steps (0: tokenizer default)")
     p.add_argument("--guidance", type=float, default=d.guidance_scale, help="decoder CFG scale (0: default)")
     p.add_argument("--apg", action=argparse.BooleanOptionalAction, default=d.apg, help="APG guidance")
-    p.add_argument("--zero-noise", action="store_true", help="decode from zeros (one-step/MSE mode)")
+    p.add_argument("--zero-noise", action=argparse.BooleanOptionalAction, default=None,
+                   help="one-step zero-noise decode (--no-zero-noise: the flow sampler); default: the tokenizer's "
+                        "decode_mode")
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--limit", type=int, default=d.limit, help="at most this many samples (0: all)")
     p.add_argument("--inception", default=None, help="rFID network: TorchScript path, or 'default'")

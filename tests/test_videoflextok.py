@@ -191,6 +191,15 @@ def test_prefix_excluded_from_loss() -> None:
     assert moved > base + 1.0
 
 
+def test_one_step_decode_mode_is_the_zero_noise_pass() -> None:
+    model, one_step = make_model(), make_model(decode_mode="one_step")
+    ids = model.tokenize(video(2, 9), 3)
+    z = model.detokenize(ids, steps=1, zero_noise=True)
+    assert torch.equal(model.detokenize(ids, steps=4, seed=3, zero_noise=True), z)  # steps/seed unused
+    assert torch.equal(one_step.detokenize(ids, seed=5), z)
+    assert not torch.equal(one_step.detokenize(ids, steps=2, seed=5, zero_noise=False), z)
+
+
 def test_x0_prediction_per_time_step() -> None:
     """prediction="x0": x_t - t * v recovers the head's output with each time step's own noise level."""
     v_model, x_model = make_model(), make_model(prediction="x0")

@@ -300,10 +300,10 @@ class FlexTok(RegisterTokenizer):
         guidance_scale: float | None = None,
         apg: bool | None = None,
         seed: int | Sequence[int] | None = None,
-        zero_noise: bool = False,
+        zero_noise: bool | None = None,
         progress: bool = False,
     ) -> torch.Tensor:
-        """Token ids -> images, by Euler integration of the flow decoder.
+        """Token ids -> images, by Euler integration of the flow decoder (or its one-step mode).
 
         All samples are decoded in one batch (ragged prefixes are padded and masked), and each sample's
         noise comes from its own seed, so a sample decodes identically alone or in any batch.
@@ -314,8 +314,9 @@ class FlexTok(RegisterTokenizer):
             guidance_scale: CFG scale (default ``cfg.guidance_scale``; 1 disables guidance).
             apg: use APG instead of plain CFG (default ``cfg.apg``).
             seed: int (sample i uses ``seed + i``), a list of per-sample seeds, or None (random).
-            zero_noise: start from zeros instead of noise (deterministic "MSE mode"; with ``steps=1``
-                this is the one-step decoder trained by ``aux_recon_mode="zero_noise"``).
+            zero_noise: one deterministic pass from a zero input (the one-step decoder trained by
+                ``aux_recon_mode="zero_noise"``; ``steps`` and ``seed`` are then unused). None: the
+                config's ``decode_mode``.
             progress: show a progress bar over the steps.
 
         Returns:
@@ -324,7 +325,8 @@ class FlexTok(RegisterTokenizer):
         cfg = self.cfg
         padded, keep = self._prepare_ids(ids)
         b = padded.shape[0]
-        steps = cfg.decode_steps if steps is None else steps
+        zero_noise = cfg.decode_mode == "one_step" if zero_noise is None else zero_noise
+        steps = 1 if zero_noise else cfg.decode_steps if steps is None else steps
         scale = cfg.guidance_scale if guidance_scale is None else float(guidance_scale)
         use_apg = cfg.apg if apg is None else apg
         seeds = self._seeds(seed, b)

@@ -115,7 +115,7 @@ class VideoFlexTok(VideoFlexTokCore):
         seed: int | Sequence[int] | None = None,
         apg: bool | None = None,
         cond_frames: torch.Tensor | None = None,
-        zero_noise: bool = False,
+        zero_noise: bool | None = None,
         progress: bool = False,
     ) -> torch.Tensor:
         """Token ids -> video, chunk by chunk (k is read from the ids).
@@ -131,13 +131,18 @@ class VideoFlexTok(VideoFlexTokCore):
             apg: APG instead of plain CFG (default ``cfg.apg``).
             cond_frames: optional float ``[B, 3, 1 + 4(p-1), H, W]`` in [-1, 1]: clean conditioning frames
                 for the first ``p`` steps (video continuation); ``p`` must be below the first chunk's steps.
-            zero_noise: start from zeros (deterministic "MSE mode").
+            zero_noise: one deterministic pass from a zero input per chunk (the one-step decoder trained by
+                ``aux_recon_mode="zero_noise"``; ``steps`` and ``seed`` are then unused). None: the
+                config's ``decode_mode``.
             progress: show progress bars.
 
         Returns:
             float32 ``[B, 3, 1 + 4(T-1), H, W]`` in [-1, 1].
         """
         padded, k = self._prepare_ids(ids)
+        zero_noise = self.cfg.decode_mode == "one_step" if zero_noise is None else zero_noise
+        if zero_noise:
+            steps = 1
         b, t_total, _ = padded.shape
         latent = self._require_latent()
         device = self.dec_patch.weight.device
