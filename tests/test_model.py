@@ -250,3 +250,29 @@ def test_flex_attention_on_gpu_matches_dense_mask_and_documents() -> None:
         close(p.grad, q.grad, 1e-4)
     with torch.no_grad():  # the second document of row 0 equals its run alone
         close(a[0:1, 70:200], flex(ids[0:1, 70:200]), 1e-4)
+
+
+@pytest.mark.slow
+def test_flex_attention_compiles_once_for_any_document_layout() -> None:
+    """The compiled FlexAttention is reused when only doc_ids change (no recompile per packed batch).
+
+    Runs on the CPU (inductor); the first compile takes minutes here, hence ``slow``.
+    """
+    import torch._dynamo
+
+    from mm1d.model.attention import _compiled_flex, _flex_block_mask
+
+    torch.manual_seed(0)
+    b, h, length, hd = 2, 4, 128, 16
+    q, k, v = torch.randn(b, h, length, hd), torch.randn(b, 2, length, hd), torch.randn(b, 2, length, hd)
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        for cuts in ([40, 90], [5], [10, 20, 30, 100]):
+            doc = torch.zeros(b, length, dtype=torch.long)
+            for c in cuts:
+                doc[0, c:] += 1
+            doc[1, length // 2 :] = 1
+            out = _compiled_flex()(q, k, v, block_mask=_flex_block_mask(doc), enable_gqa=True)
+            dense = dense_doc_causal_mask(doc)
+            ref = F.scaled_dot_product_attention(q, k.repeat_interleave(2, 1), v.repeat_interleave(2, 1),
+                                                 attn_mask=dense)
+            assert torch.allclose(out, ref, atol=1e-5)
