@@ -93,7 +93,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--random-vae", action="store_true", help="use a random diffusers VAE (latent='vae' configs)")
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--frames", type=int, default=None, help="frames per video (default: one chunk)")
-    ap.add_argument("--steps", type=int, default=8, help="Euler steps per chunk")
+    ap.add_argument("--steps", type=int, default=8, help="Euler steps per chunk (flow decoding)")
+    ap.add_argument("--decode", choices=["default", "flow", "one_step"], default="default",
+                    help="flow sampler, the one-step zero-noise pass, or the tokenizer's decode_mode")
     ap.add_argument("--guidance", type=float, default=1.0, help="CFG scale (> 1 doubles the decoder batch)")
     ap.add_argument("--k", type=str, default=None, help="tokens per step to decode, comma list (default: 1,N)")
     ap.add_argument("--repeats", type=int, default=3)
@@ -138,7 +140,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "image_size": cfg.image_size,
         "latent": cfg.latent,
         "num_registers": n,
-        "steps": args.steps,
+        "decode": _mode(model, args),
+        "steps": 1 if _mode(model, args) == "one_step" else args.steps,
         "guidance": args.guidance,
         "params": sum(p.numel() for p in model.parameters()),
     }
@@ -150,7 +153,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         results["time_steps"] = ids.shape[1]
         for k in ks:
             t_det = timed(
-                lambda k=k: model.detokenize(ids[:, :, :k], steps=args.steps, guidance_scale=args.guidance, seed=0),
+                lambda k=k: model.detokenize(ids[:, :, :k], steps=args.steps, guidance_scale=args.guidance, seed=0,
+                                             zero_noise=_mode(model, args) == "one_step"),
                 device,
                 args.repeats,
             )
@@ -172,6 +176,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     return report(results, args.out)
 
 
+def _mode(model: FlexTok | VideoFlexTok, args: argparse.Namespace) -> str:
+    """The decoding measured: ``--decode``, or the tokenizer's own ``decode_mode``."""
+    return model.cfg.decode_mode if args.decode == "default" else args.decode
+
+
 def bench_images(model: FlexTok, args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     """The image half of ``main``: images/s for tokenize and detokenize, and one decoder step against k."""
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
@@ -184,8 +193,9 @@ def bench_images(model: FlexTok, args: argparse.Namespace, device: torch.device)
         "kind": "image",
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "threads": torch.get_num_threads(), "dtype": args.dtype, "batch": args.batch,
-        "image_size": cfg.image_size, "latent": cfg.latent, "num_registers": n, "steps": args.steps,
-        "guidance": args.guidance, "params": sum(p.numel() for p in model.parameters()),
+        "image_size": cfg.image_size, "latent": cfg.latent, "num_registers": n, "decode": _mode(model, args),
+        "steps": 1 if _mode(model, args) == "one_step" else args.steps, "guidance": args.guidance,
+        "params": sum(p.numel() for p in model.parameters()),
     }
     with torch.no_grad():
         t_tok = timed(lambda: model.tokenize(images), device, args.repeats)
@@ -193,7 +203,8 @@ def bench_images(model: FlexTok, args: argparse.Namespace, device: torch.device)
         ids = model.tokenize(images)
         for k in ks:
             t_det = timed(lambda k=k: model.detokenize(ids[:, :k], steps=args.steps, guidance_scale=args.guidance,
-                                                       seed=0), device, args.repeats)
+                                                       seed=0, zero_noise=_mode(model, args) == "one_step"),
+                          device, args.repeats)
             results[f"detokenize_k{k}_s"] = t_det
             results[f"detokenize_k{k}_img_per_s"] = args.batch / t_det
         s = model.latent_size
