@@ -4,6 +4,9 @@
         [--modality image|video] [--seeds 0,1,2] [--perturb 0.1] [--inception PATH|default] [--i3d PATH]
         [--steps N] [--guidance S] [--apg|--no-apg] [--zero-noise|--no-zero-noise] [--batch-size B] [--limit N]
 
+BUNDLE may also be RUN_DIR@STEP: that checkpoint of a tokenizer training run (live weights, FSQ statistics
+recomputed as for a release), to follow a run or compare ablations without finishing them.
+
 DIR (data) is a ShapesWorld split written by ``python -m mm1d.data.shapes --out DIR --split val
 --num-images N [--num-videos M] --size S`` (S = the tokenizer's image size), or any folder with
 ``metadata.jsonl``; without ShapesWorld attributes the judge metrics are skipped. For each k it writes
@@ -37,7 +40,8 @@ def _ints(text: str) -> list[int]:
 def main(argv: list[str] | None = None) -> None:
     d = ReconEvalConfig()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--tokenizer", required=True, help="FlexTok/VideoFlexTok bundle directory")
+    p.add_argument("--tokenizer", required=True,
+                   help="FlexTok/VideoFlexTok bundle directory, or RUN_DIR@STEP: a training run's checkpoint")
     p.add_argument("--data", required=True, help="ShapesWorld split folder (or a folder with metadata.jsonl)")
     p.add_argument("--out", required=True, help="output folder (results.json, plot, grids)")
     p.add_argument("--modality", choices=("image", "video"), default=d.modality)

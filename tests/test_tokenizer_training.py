@@ -11,9 +11,11 @@ import pytest
 import torch
 
 from mm1d.config import TrainFlexTokConfig, TrainVideoFlexTokConfig, load_config
+from mm1d.evaluation.reconstruction import load_tokenizer
 from mm1d.tokenization.flextok import FlexTok
 from mm1d.tokenization.videoflextok import VideoFlexTok
 from mm1d.training.tokenizer_training import make_data, run_tokenizer_training
+from mm1d.utils import safe_torch_load
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -62,3 +64,11 @@ def test_recipe_trains_and_releases_a_calibrated_bundle(kind: str, tmp_path: Pat
     assert torch.allclose(tok.fsq.running_var, z.var(0, unbiased=False), atol=1e-5)
     grids = sorted((out / "samples").iterdir())
     assert grids and grids[-1].suffix == (".png" if kind == "image" else ".gif")
+
+    # a mid-run checkpoint loads as a tokenizer (live weights, recalibrated), for eval_reconstruction RUN@STEP
+    mid = load_tokenizer(f"{out}@2", "image" if kind == "image" else "video")
+    state = safe_torch_load(out / "checkpoints" / "step00000002" / "state.pt")["model"]
+    assert torch.equal(mid.enc_patch.weight, state["enc_patch.weight"])
+    assert not torch.equal(mid.fsq.running_mean, state["fsq.running_mean"])  # recomputed, not the lagging one
+    with pytest.raises(FileNotFoundError, match="no checkpoint step00000007"):
+        load_tokenizer(f"{out}@7", kind)

@@ -262,7 +262,15 @@ def evaluate_reconstruction(tok: Tokenizer, pixels: torch.Tensor, attrs: list[di
 
 # ---- the whole script ---------------------------------------------------------------------------------------
 def load_tokenizer(path: str | Path, modality: str, device: str = "cpu") -> Any:
-    """FlexTok (image) or VideoFlexTok (video) from a bundle directory."""
+    """FlexTok (image) or VideoFlexTok (video) from a bundle directory, or from a training run's checkpoint
+    as ``RUN_DIR@STEP`` (live weights, FSQ statistics recomputed as for a release)."""
+    if "@" in str(path):
+        from mm1d.training.tokenizer_training import load_run_checkpoint
+
+        run, step = str(path).rsplit("@", 1)
+        if not step.isdigit():
+            raise ValueError(f"expected RUN_DIR@STEP with an integer step, got {str(path)!r}")
+        return load_run_checkpoint(run, modality, int(step)).to(device)
     if modality == "image":
         from mm1d.tokenization.flextok import FlexTok
 

@@ -9,6 +9,7 @@ any reader source (``mm1d.data.sources``), resized to the model's resolution.
 from __future__ import annotations
 
 import itertools
+import json
 from pathlib import Path
 from typing import Any
 
@@ -16,11 +17,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mm1d.config import TokenizerDataConfig, TrainConfig, to_dict
+from mm1d.config import (
+    TokenizerDataConfig,
+    TrainConfig,
+    TrainFlexTokConfig,
+    TrainVideoFlexTokConfig,
+    from_dict,
+    to_dict,
+)
 from mm1d.data.shapes import make_batch
 from mm1d.tokenization.video_io import to_uint8, video_grid, write_video
 from mm1d.training.trainer import IndexedBatches, Trainer, TrainState
-from mm1d.utils import print0, rank, world_size
+from mm1d.utils import print0, rank, safe_torch_load, world_size
 
 
 def budgets_up_to(n: int) -> list[int]:
@@ -135,6 +143,47 @@ def save_recon_grid(model: nn.Module, originals: torch.Tensor, budgets: list[int
         write_video(grid, path)
 
 
+def calibrate_for_release(model: nn.Module, cfg: Any, kind: str) -> int:
+    """Recompute ``model``'s FSQ batch-norm statistics on ``cfg.data.calibrate_batches`` batches that the run
+    does not train on (``quant_norm="batch"`` only). Returns the number of samples used (0: nothing to do)."""
+    if cfg.model.quant_norm != "batch" or cfg.data.calibrate_batches <= 0:
+        return 0
+    frames = cfg.data.shapes.frames if kind == "video" else 1
+    calib = make_data(cfg.data, cfg.train, kind, cfg.model.image_size, frames, cfg.seed + 2)
+    return model.calibrate_quantizer(itertools.islice(iter(calib), cfg.data.calibrate_batches))
+
+
+def load_run_checkpoint(run_dir: str | Path, kind: str, step: int | None = None) -> nn.Module:
+    """A tokenizer from a training run's checkpoint (live weights), calibrated as a release would be.
+
+    Args:
+        run_dir: a tokenizer training ``out_dir`` (``config.json`` and ``checkpoints/``).
+        kind: "image" or "video".
+        step: the checkpoint step (default: the latest).
+
+    Returns:
+        the FlexTok / VideoFlexTok in eval mode.
+    """
+    run_dir = Path(run_dir)
+    ckpts = run_dir / "checkpoints"
+    if not (run_dir / "config.json").is_file() or not ckpts.is_dir():
+        raise FileNotFoundError(f"{run_dir} is not a tokenizer training run (needs config.json and checkpoints/)")
+    tag = f"step{step:08d}" if step is not None else (ckpts / "latest").read_text().strip()
+    if not (ckpts / tag / "state.pt").is_file():
+        have = sorted(p.name for p in ckpts.iterdir() if p.name.startswith("step"))
+        raise FileNotFoundError(f"no checkpoint {tag} in {ckpts}; found {have}")
+    schema = TrainFlexTokConfig if kind == "image" else TrainVideoFlexTokConfig
+    cfg = from_dict(schema, json.loads((run_dir / "config.json").read_text()))
+    if kind == "image":
+        from mm1d.tokenization.flextok import FlexTok as Model
+    else:
+        from mm1d.tokenization.videoflextok import VideoFlexTok as Model
+    model = Model(cfg.model)
+    model.load_state_dict(safe_torch_load(ckpts / tag / "state.pt")["model"])
+    calibrate_for_release(model, cfg, kind)
+    return model.eval()
+
+
 def run_tokenizer_training(cfg: Any, kind: str) -> TrainState:
     """Train a FlexTok (``kind="image"``) or VideoFlexTok (``kind="video"``) described by ``cfg``.
 
@@ -180,9 +229,8 @@ def run_tokenizer_training(cfg: Any, kind: str) -> TrainState:
     def bundle_fn(weights: dict[str, torch.Tensor], path: Path) -> None:
         fresh = Model(cfg.model)
         fresh.load_state_dict(weights)
-        if cfg.model.quant_norm == "batch" and cfg.data.calibrate_batches > 0:
-            calib = make_data(cfg.data, cfg.train, kind, size, frames, cfg.seed + 2)  # batches not trained on
-            n = fresh.calibrate_quantizer(itertools.islice(iter(calib), cfg.data.calibrate_batches))
+        n = calibrate_for_release(fresh, cfg, kind)
+        if n:
             print0(f"FSQ statistics recomputed on {n} samples with the released weights")
         fresh.save_pretrained(path)
         sample_fn(fresh, cfg.train.max_steps)
