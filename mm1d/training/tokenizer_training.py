@@ -27,7 +27,7 @@ from mm1d.config import (
 )
 from mm1d.data.shapes import make_batch
 from mm1d.tokenization.video_io import to_uint8, video_grid, write_video
-from mm1d.training.trainer import IndexedBatches, Trainer, TrainState
+from mm1d.training.trainer import IndexedBatches, Trainer, TrainState, checkpoint_tag
 from mm1d.utils import print0, rank, safe_torch_load, world_size
 
 
@@ -143,6 +143,19 @@ def save_recon_grid(model: nn.Module, originals: torch.Tensor, budgets: list[int
         write_video(grid, path)
 
 
+def tokenizer_class(kind: str) -> type[nn.Module]:
+    """FlexTok for ``kind="image"``, VideoFlexTok for ``kind="video"``."""
+    if kind == "image":
+        from mm1d.tokenization.flextok import FlexTok
+
+        return FlexTok
+    if kind == "video":
+        from mm1d.tokenization.videoflextok import VideoFlexTok
+
+        return VideoFlexTok
+    raise ValueError(f"kind must be 'image' or 'video', got {kind!r}")
+
+
 def calibrate_for_release(model: nn.Module, cfg: Any, kind: str) -> int:
     """Recompute ``model``'s FSQ batch-norm statistics on ``cfg.data.calibrate_batches`` batches that the run
     does not train on (``quant_norm="batch"`` only). Returns the number of samples used (0: nothing to do)."""
@@ -168,17 +181,16 @@ def load_run_checkpoint(run_dir: str | Path, kind: str, step: int | None = None)
     ckpts = run_dir / "checkpoints"
     if not (run_dir / "config.json").is_file() or not ckpts.is_dir():
         raise FileNotFoundError(f"{run_dir} is not a tokenizer training run (needs config.json and checkpoints/)")
-    tag = f"step{step:08d}" if step is not None else (ckpts / "latest").read_text().strip()
-    if not (ckpts / tag / "state.pt").is_file():
+    tag = checkpoint_tag(step) if step is not None else (ckpts / "latest").read_text().strip()
+    if not (ckpts / tag).is_dir():
         have = sorted(p.name for p in ckpts.iterdir() if p.name.startswith("step"))
         raise FileNotFoundError(f"no checkpoint {tag} in {ckpts}; found {have}")
+    if not (ckpts / tag / "state.pt").is_file():
+        raise FileNotFoundError(f"{ckpts / tag} has no state.pt: it was written by the DeepSpeed backend; "
+                                "convert it with zero_to_fp32 or evaluate the run's bundle")
     schema = TrainFlexTokConfig if kind == "image" else TrainVideoFlexTokConfig
     cfg = from_dict(schema, json.loads((run_dir / "config.json").read_text()))
-    if kind == "image":
-        from mm1d.tokenization.flextok import FlexTok as Model
-    else:
-        from mm1d.tokenization.videoflextok import VideoFlexTok as Model
-    model = Model(cfg.model)
+    model = tokenizer_class(kind)(cfg.model)
     model.load_state_dict(safe_torch_load(ckpts / tag / "state.pt")["model"])
     calibrate_for_release(model, cfg, kind)
     return model.eval()
@@ -194,14 +206,8 @@ def run_tokenizer_training(cfg: Any, kind: str) -> TrainState:
     Returns:
         The final ``TrainState``. The release bundle is written to ``cfg.out_dir/bundle``.
     """
-    if kind == "image":
-        from mm1d.tokenization.flextok import FlexTok as Model
-
-        frames = 1
-    else:
-        from mm1d.tokenization.videoflextok import VideoFlexTok as Model
-
-        frames = cfg.data.shapes.frames
+    Model = tokenizer_class(kind)
+    frames = 1 if kind == "image" else cfg.data.shapes.frames
     torch.manual_seed(cfg.seed)
     model = Model(cfg.model)
     size = cfg.model.image_size

@@ -65,6 +65,11 @@ class IndexedBatches:
         self.index = int(state["index"])
 
 
+def checkpoint_tag(step: int) -> str:
+    """The directory name of the checkpoint written after ``step`` (under ``out_dir/checkpoints``)."""
+    return f"step{step:08d}"
+
+
 class NonFiniteLossError(RuntimeError):
     """Raised after ``train.max_nonfinite`` non-finite losses in a row."""
 
@@ -171,7 +176,7 @@ class Trainer:
             rank_state["ema"] = self.ema
         client = {"step": self.state.step, "skipped": self.state.skipped, "config": self.run_config}
         return self.engine.save_checkpoint(
-            self.ckpt_dir, f"step{self.state.step:08d}", client, rank_state, keep_last=self.train_cfg.keep_last
+            self.ckpt_dir, checkpoint_tag(self.state.step), client, rank_state, keep_last=self.train_cfg.keep_last
         )
 
     def maybe_resume(self) -> bool:
