@@ -130,6 +130,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ks = [int(k) for k in args.k.split(",")] if args.k else sorted({1, n})
     g = torch.Generator().manual_seed(0)
     video = (torch.rand(args.batch, 3, frames, cfg.image_size, cfg.image_size, generator=g) * 2 - 1).to(device)
+    mode = _mode(model, args)
     results: dict[str, Any] = {
         "kind": "video",
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
@@ -140,8 +141,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "image_size": cfg.image_size,
         "latent": cfg.latent,
         "num_registers": n,
-        "decode": _mode(model, args),
-        "steps": 1 if _mode(model, args) == "one_step" else args.steps,
+        "decode": mode,
+        "steps": 1 if mode == "one_step" else args.steps,
         "guidance": args.guidance,
         "params": sum(p.numel() for p in model.parameters()),
     }
@@ -154,7 +155,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for k in ks:
             t_det = timed(
                 lambda k=k: model.detokenize(ids[:, :, :k], steps=args.steps, guidance_scale=args.guidance, seed=0,
-                                             zero_noise=_mode(model, args) == "one_step"),
+                                             zero_noise=mode == "one_step"),
                 device,
                 args.repeats,
             )
@@ -186,6 +187,7 @@ def bench_images(model: FlexTok, args: argparse.Namespace, device: torch.device)
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
     model = model.to(device=device, dtype=dtype).eval()
     cfg, n = model.cfg, model.num_registers
+    mode = _mode(model, args)
     ks = [int(k) for k in args.k.split(",")] if args.k else sorted({1, 4, 16, n})
     g = torch.Generator().manual_seed(0)
     images = (torch.rand(args.batch, 3, cfg.image_size, cfg.image_size, generator=g) * 2 - 1).to(device)
@@ -193,8 +195,8 @@ def bench_images(model: FlexTok, args: argparse.Namespace, device: torch.device)
         "kind": "image",
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "threads": torch.get_num_threads(), "dtype": args.dtype, "batch": args.batch,
-        "image_size": cfg.image_size, "latent": cfg.latent, "num_registers": n, "decode": _mode(model, args),
-        "steps": 1 if _mode(model, args) == "one_step" else args.steps, "guidance": args.guidance,
+        "image_size": cfg.image_size, "latent": cfg.latent, "num_registers": n, "decode": mode,
+        "steps": 1 if mode == "one_step" else args.steps, "guidance": args.guidance,
         "params": sum(p.numel() for p in model.parameters()),
     }
     with torch.no_grad():
@@ -203,7 +205,7 @@ def bench_images(model: FlexTok, args: argparse.Namespace, device: torch.device)
         ids = model.tokenize(images)
         for k in ks:
             t_det = timed(lambda k=k: model.detokenize(ids[:, :k], steps=args.steps, guidance_scale=args.guidance,
-                                                       seed=0, zero_noise=_mode(model, args) == "one_step"),
+                                                       seed=0, zero_noise=mode == "one_step"),
                           device, args.repeats)
             results[f"detokenize_k{k}_s"] = t_det
             results[f"detokenize_k{k}_img_per_s"] = args.batch / t_det

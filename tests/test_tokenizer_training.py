@@ -6,14 +6,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 
 from mm1d.config import TrainFlexTokConfig, TrainVideoFlexTokConfig, load_config
 from mm1d.evaluation.reconstruction import load_tokenizer
-from mm1d.tokenization.flextok import FlexTok
-from mm1d.tokenization.videoflextok import VideoFlexTok
+from mm1d.tokenization import tokenizer_class
 from mm1d.training.tokenizer_training import make_data, run_tokenizer_training
 from mm1d.utils import safe_torch_load
 
@@ -25,38 +25,32 @@ TINY = ["model.enc_depth=1", "model.dec_depth=1", "model.enc_dim=32", "model.dec
         "samples.steps=1"]
 
 
-def _train(kind: str, tmp_path: Path, steps: int, extra: list[str]) -> Path:
+def _train(kind: str, tmp_path: Path, steps: int, extra: list[str]) -> Any:
+    """Train for ``steps`` and return the run's config."""
     if kind == "image":
         path, schema = REPO / "configs/tokenizer/flextok_tiny.yaml", TrainFlexTokConfig
     else:
         path, schema = REPO / "configs/tokenizer/videoflextok_tiny.yaml", TrainVideoFlexTokConfig
     cfg = load_config(path, [f"out_dir={tmp_path}", f"train.max_steps={steps}", *TINY, *extra], schema=schema)
     run_tokenizer_training(cfg, kind)
-    return tmp_path
+    return cfg
 
 
 @pytest.mark.parametrize("kind", ["image", "video"])
 def test_recipe_trains_and_releases_a_calibrated_bundle(kind: str, tmp_path: Path) -> None:
-    extra = ["model.num_registers=4", "model.image_size=16"]
+    extra = ["model.num_registers=4", "model.image_size=16", "data.shapes.size=16"]
     if kind == "video":
-        extra += ["model.chunk_frames=5", "data.shapes.frames=5", "data.shapes.size=16"]
-    else:
-        extra += ["data.shapes.size=16"]
-    out = _train(kind, tmp_path, 3, extra)
+        extra += ["model.chunk_frames=5", "data.shapes.frames=5"]
+    cfg = _train(kind, tmp_path, 3, extra)
+    out = tmp_path
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [x["step"] for x in lines if "loss" in x][-1] == 3
-    cls = FlexTok if kind == "image" else VideoFlexTok
-    tok = cls.from_pretrained(out / "bundle")
+    tok = tokenizer_class(kind).from_pretrained(out / "bundle")
     assert tok.cfg.prediction == "x0" and tok.cfg.aux_recon_mode == "zero_noise"  # the shipped recipe
     # the released statistics are those of the calibration batches under the released (EMA) weights
-    cfg = json.loads((out / "config.json").read_text())
-    load = load_config(REPO / "configs/tokenizer" / ("flextok_tiny.yaml" if kind == "image" else
-                                                      "videoflextok_tiny.yaml"),
-                       [f"out_dir={out}", *TINY, *extra],
-                       schema=TrainFlexTokConfig if kind == "image" else TrainVideoFlexTokConfig)
-    assert cfg["data"]["calibrate_batches"] == 3
-    frames = load.data.shapes.frames if kind == "video" else 1
-    data = iter(make_data(load.data, load.train, kind, 16, frames, load.seed + 2))
+    assert json.loads((out / "config.json").read_text())["data"]["calibrate_batches"] == 3
+    frames = cfg.data.shapes.frames if kind == "video" else 1
+    data = iter(make_data(cfg.data, cfg.train, kind, 16, frames, cfg.seed + 2))
     with torch.no_grad():
         zs = [tok.encode_registers(tok.latent.encode(next(data))) for _ in range(3)]
     z = torch.cat([x.reshape(-1, *x.shape[-2:]) for x in zs])
@@ -66,7 +60,7 @@ def test_recipe_trains_and_releases_a_calibrated_bundle(kind: str, tmp_path: Pat
     assert grids and grids[-1].suffix == (".png" if kind == "image" else ".gif")
 
     # a mid-run checkpoint loads as a tokenizer (live weights, recalibrated), for eval_reconstruction RUN@STEP
-    mid = load_tokenizer(f"{out}@2", "image" if kind == "image" else "video")
+    mid = load_tokenizer(f"{out}@2", kind)
     state = safe_torch_load(out / "checkpoints" / "step00000002" / "state.pt")["model"]
     assert torch.equal(mid.enc_patch.weight, state["enc_patch.weight"])
     assert not torch.equal(mid.fsq.running_mean, state["fsq.running_mean"])  # recomputed, not the lagging one

@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from mm1d.config import ReconEvalConfig
 from mm1d.evaluation.metrics import finite_mean, psnr, psnr_per_frame, ssim, ssim_video
+from mm1d.tokenization import tokenizer_class
 
 
 class Tokenizer(Protocol):
@@ -271,15 +272,7 @@ def load_tokenizer(path: str | Path, modality: str, device: str = "cpu") -> Any:
         if not step.isdigit():
             raise ValueError(f"expected RUN_DIR@STEP with an integer step, got {str(path)!r}")
         return load_run_checkpoint(run, modality, int(step)).to(device)
-    if modality == "image":
-        from mm1d.tokenization.flextok import FlexTok
-
-        return FlexTok.from_pretrained(path, device=device)
-    if modality == "video":
-        from mm1d.tokenization.videoflextok import VideoFlexTok
-
-        return VideoFlexTok.from_pretrained(path, device=device)
-    raise ValueError(f"modality must be 'image' or 'video', got {modality!r}")
+    return tokenizer_class(modality).from_pretrained(path, device=device)
 
 
 def run_reconstruction_eval(cfg: ReconEvalConfig, tok: Tokenizer | None = None) -> dict[str, Any]:

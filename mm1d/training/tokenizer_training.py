@@ -26,6 +26,7 @@ from mm1d.config import (
     to_dict,
 )
 from mm1d.data.shapes import make_batch
+from mm1d.tokenization import tokenizer_class
 from mm1d.tokenization.video_io import to_uint8, video_grid, write_video
 from mm1d.training.trainer import IndexedBatches, Trainer, TrainState, checkpoint_tag
 from mm1d.utils import print0, rank, safe_torch_load, world_size
@@ -141,19 +142,6 @@ def save_recon_grid(model: nn.Module, originals: torch.Tensor, budgets: list[int
         Image.fromarray(to_uint8(grid[:, 0]).permute(1, 2, 0).numpy()).save(path)
     else:
         write_video(grid, path)
-
-
-def tokenizer_class(kind: str) -> type[nn.Module]:
-    """FlexTok for ``kind="image"``, VideoFlexTok for ``kind="video"``."""
-    if kind == "image":
-        from mm1d.tokenization.flextok import FlexTok
-
-        return FlexTok
-    if kind == "video":
-        from mm1d.tokenization.videoflextok import VideoFlexTok
-
-        return VideoFlexTok
-    raise ValueError(f"kind must be 'image' or 'video', got {kind!r}")
 
 
 def calibrate_for_release(model: nn.Module, cfg: Any, kind: str) -> int:
