@@ -553,6 +553,9 @@ class FlexTokConfig(VisualTokenizerConfig):
     num_registers: int = 32
     quant_norm: Literal["none", "layernorm", "rms", "batch"] = "none"  # normalization before FSQ
     head_dim: int = 64
+    # extra loss weight on latent positions that stand out from the image's median (0: plain MSE);
+    # see flow.contrast_weights
+    recon_contrast_weight: float = 0.0
     repa_weight: float = 0.0  # 0 disables REPA
     repa_layer: int = 1  # decoder block whose output (patch tokens) is aligned
     repa_extractor: str | None = None  # "random_conv", "hf:<dir>" or "module:factory"

@@ -173,6 +173,7 @@ def test_bad_inputs() -> None:
         {"aux_recon_weight": 1.0, "aux_recon_mode": "zero_noise", "register_summary": True},
         {"aux_recon_weight": 0.5, "aux_recon_mode": "x0", "perturb_prob": 1.0, "perturb_fraction": 0.5},
         {"prediction": "x0", "aux_recon_weight": 1.0},
+        {"prediction": "x0", "aux_recon_weight": 1.0, "aux_recon_mode": "zero_noise", "recon_contrast_weight": 10.0},
         {"repa_weight": 0.5, "repa_dim": 24, "repa_extractor": "random_conv", "repa_layer": 0},
     ],
 )
@@ -196,6 +197,22 @@ def test_training_loss_backward_and_reproducible(kw: dict) -> None:
     if kw.get("quant_norm") != "batch":
         again, _ = model.training_loss(x, generator=torch.Generator().manual_seed(0))
         assert torch.allclose(again, loss)
+
+
+def test_contrast_weighting_only_reweights() -> None:
+    """A flat image has no contrast, so the weighted loss equals the plain one; a scene with an object
+    does not."""
+    kw = dict(prediction="x0", aux_recon_weight=1.0, aux_recon_mode="zero_noise", quant_norm="rms")
+    plain, weighted = make_model(seed=2, **kw), make_model(seed=2, recon_contrast_weight=10.0, **kw)
+    flat = torch.full((2, 3, 16, 16), -0.5)
+    scene = flat.clone()
+    scene[:, :, 4:8, 4:8] = 0.9
+
+    def loss(model: FlexTok, x: torch.Tensor) -> torch.Tensor:
+        return model.training_loss(x, generator=torch.Generator().manual_seed(0))[0]
+
+    assert torch.allclose(loss(plain, flat), loss(weighted, flat))
+    assert not torch.allclose(loss(plain, scene), loss(weighted, scene))
 
 
 def test_x0_prediction_decoder_outputs_the_implied_velocity() -> None:

@@ -10,12 +10,14 @@ from mm1d.tokenization.flow import (
     Guider,
     add_noise,
     cfg_combine,
+    contrast_weights,
     euler_sample,
     guided_velocity,
     predict_x0,
     sample_timesteps,
     velocity_from_x0,
     velocity_target,
+    weighted_mse,
 )
 
 
@@ -146,3 +148,27 @@ def test_guided_sampling_batched_equals_alone() -> None:
     for i in range(2):
         alone = euler_sample(guided_velocity(model, 4.0, APGConfig()), noise[i : i + 1], 5)
         assert torch.allclose(batched[i : i + 1], alone, atol=1e-5)
+
+
+def test_contrast_weights_mark_what_stands_out() -> None:
+    """Background positions get weight 1, the most distinct one 1 + strength, per sample."""
+    x = -torch.ones(2, 3, 8, 8)  # black background
+    x[0, :, 2:4, 2:4] = 1.0  # a white square in sample 0
+    x[1, 0, 5, 5] = 0.0  # a dimmer red dot in sample 1
+    w = contrast_weights(x, 9.0)
+    assert w.shape == (2, 1, 8, 8)
+    assert torch.all(w[0, 0, 2:4, 2:4] == 10.0) and torch.all(w[1, 0, 5, 5] == 10.0)  # max per sample
+    assert w[0].sum() == 64 + 4 * 9 and w[1].sum() == 64 + 9  # everything else is background
+    assert torch.equal(contrast_weights(x, 0.0), torch.ones(2, 1, 8, 8))
+    v = torch.randn(1, 4, 3, 5, 5)  # videos (B, C, T, h, w) work the same way
+    assert contrast_weights(v, 2.0).shape == (1, 1, 3, 5, 5)
+
+
+def test_weighted_mse() -> None:
+    a, b = torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4)
+    assert torch.allclose(weighted_mse(a, b), torch.nn.functional.mse_loss(a, b))
+    assert torch.allclose(weighted_mse(a, b, torch.full((2, 1, 4, 4), 3.0)), weighted_mse(a, b))
+    w = torch.ones(2, 1, 4, 4)
+    w[0, 0, 0, 0] = 1e6  # one heavy position dominates
+    err = ((a - b) ** 2)[0, :, 0, 0].mean()
+    assert torch.allclose(weighted_mse(a, b, w), err, rtol=1e-3)

@@ -37,10 +37,12 @@ from mm1d.tokenization.bundle import RegisterTokenizer
 from mm1d.tokenization.flow import (
     APGConfig,
     add_noise,
+    contrast_weights,
     euler_sample,
     guided_velocity,
     sample_timesteps,
     velocity_from_x0,
+    weighted_mse,
 )
 from mm1d.tokenization.latents import build_latent
 from mm1d.tokenization.repa import FeatureFn, build_feature_extractor, teacher_grid
@@ -401,7 +403,8 @@ class FlexTok(RegisterTokenizer):
         t = sample_timesteps(b, cfg.timestep_sampling, generator, device, cfg.ln_mean, cfg.ln_std)
         x_t = add_noise(x0, noise, t)
         v, feats = self.decoder_forward(x_t, t, codes, keep, null, return_repa=self.repa_proj is not None)
-        rf = F.mse_loss(v, noise - x0)
+        weights = contrast_weights(x0, cfg.recon_contrast_weight) if cfg.recon_contrast_weight > 0 else None
+        rf = weighted_mse(v, noise - x0, weights)
         loss = rf
         metrics = {"rf": float(rf.detach())}
         if cfg.aux_recon_weight > 0:
@@ -411,7 +414,7 @@ class FlexTok(RegisterTokenizer):
                 ones = torch.ones(b, device=device)
                 v0, _ = self.decoder_forward(torch.zeros_like(x0), ones, codes, keep, torch.zeros_like(null))
                 x0_hat = -v0
-            aux = F.mse_loss(x0_hat, x0)
+            aux = weighted_mse(x0_hat, x0, weights)
             loss = loss + cfg.aux_recon_weight * aux
             metrics["aux"] = float(aux.detach())
         if self.repa_proj is not None and feats is not None:
