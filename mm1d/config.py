@@ -624,6 +624,7 @@ class AdaptiveBudgetConfig:
 
     enabled: bool = False  # needs detokenize: costs one decoder pass per candidate k
     psnr: float = 24.0  # threshold on pixels scaled to [0, 1], over the whole image / clip
+    video_psnr: float | None = None  # the threshold for videos; None: ``psnr``
     candidates: list[int] = field(default_factory=list)  # tried in increasing order; empty: 1, 2, 4, ..., N
     steps: int = 8  # Euler steps of the tokenizer's decoder
     guidance_scale: float = 1.0
@@ -809,6 +810,7 @@ class ZeroShotEvalConfig:
     decoder_steps: int | None = None
     max_new_tokens: int | None = None  # captioning
     auto_psnr: float = 24.0  # captioning "auto": smallest k whose reconstruction reaches this PSNR (dB)
+    auto_video_psnr: float | None = None  # the same for video inputs; None: auto_psnr
     ceiling: bool = True  # judge the tokenizer's own reconstructions of the same inputs at each budget
     prompts: str | None = None  # prompt file (.txt lines, .jsonl with "prompt"/"caption"/"text", COCO .json)
     reference: str | None = None  # FID: image folder; FVD: video folder (ShapesBench: the rendered truth)

@@ -333,3 +333,20 @@ def test_config_file_sets_the_protocol_and_flags_override_it(assets: SimpleNames
     with pytest.raises(SystemExit) as e:
         _script("eval_t2i").main(["--config", str(yaml_path), "--out", str(out)])
     assert e.value.code == 2 and "numm" in capsys.readouterr().err
+
+
+def test_caption_protocol_thresholds_match_pretokenization() -> None:
+    """The captioning 'auto' rule uses the thresholds the training shards' <kauto> budgets were made with,
+    and the video threshold reaches the config from the YAML and from its flag."""
+    from mm1d.config import PretokenizeConfig
+    from mm1d.evaluation.zeroshot_cli import apply_config_file, build_parser, config_from_args
+
+    root = Path(__file__).resolve().parents[1]
+    pre = load_config(root / "configs/tokenizer/pretokenize_tiny.yaml", (), PretokenizeConfig).adaptive
+    p = build_parser("caption", None)
+    apply_config_file(p, str(root / "configs/eval/shapesbench_caption.yaml"))
+    cfg = config_from_args("caption", p.parse_args(["--out", "o", "--modality", "video"]))
+    assert pre.enabled and (cfg.auto_psnr, cfg.auto_video_psnr) == (pre.psnr, pre.video_psnr)
+    assert cfg.auto_video_psnr != cfg.auto_psnr  # videos have their own threshold
+    cfg = config_from_args("caption", p.parse_args(["--out", "o", "--auto-video-psnr", "21.5"]))
+    assert cfg.auto_video_psnr == 21.5

@@ -200,6 +200,15 @@ def test_adaptive_budget_is_smallest_passing_k(text_tok, tmp_path) -> None:
     assert all(1 <= shard.get(i).auto_image <= 8 for i in range(4))
     vids = Shard(tmp_path / "shard_00002.json")
     assert all(1 <= vids.get(i).auto_video <= 6 for i in range(1, 3))
+    # a separate video threshold: unreachable -> all N = 6 tokens, always met -> the smallest candidate;
+    # images keep theirs
+    for name, video_psnr, expected in (("high", 1e3, [6, 6]), ("low", -1e3, [1, 1])):
+        acfg = AdaptiveBudgetConfig(enabled=True, psnr=9.7, video_psnr=video_psnr, candidates=[1, 2, 3, 5, 8])
+        cfg = _cfg(tmp_path / name, adaptive=acfg, num_videos=2)
+        pretokenize(cfg, _toks(text_tok), ShapesSource(cfg), rank=0, world_size=1)
+        assert [Shard(tmp_path / name / "shard_00000.json").get(i).auto_image for i in range(4)] == \
+            [shard.get(i).auto_image for i in range(4)]
+        assert [Shard(tmp_path / name / "shard_00002.json").get(i).auto_video for i in range(1, 3)] == expected
 
 
 def test_needs_a_visual_tokenizer(text_tok) -> None:

@@ -206,7 +206,9 @@ def _psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def adaptive_budget(tok: VisualTokenizer, x: torch.Tensor, ids: torch.Tensor, acfg: AdaptiveBudgetConfig) -> list[int]:
-    """Smallest candidate k whose reconstruction from the first k tokens reaches ``acfg.psnr`` (else N).
+    """Smallest candidate k whose reconstruction from the first k tokens reaches the threshold (else N).
+
+    The threshold is ``acfg.psnr`` for images and ``acfg.video_psnr`` (when set) for videos.
 
     Args:
         tok: tokenizer with ``detokenize``.
@@ -222,6 +224,7 @@ def adaptive_budget(tok: VisualTokenizer, x: torch.Tensor, ids: torch.Tensor, ac
                                                                   if (1 << i) <= n]
     if cands[-1] != n:
         cands.append(n)
+    threshold = acfg.video_psnr if x.dim() == 5 and acfg.video_psnr is not None else acfg.psnr
     out = [n] * x.shape[0]
     todo = list(range(x.shape[0]))
     for k in cands:
@@ -230,7 +233,7 @@ def adaptive_budget(tok: VisualTokenizer, x: torch.Tensor, ids: torch.Tensor, ac
         # every sample decodes with the same seed, whatever batch it shares
         rec = tok.detokenize(ids[todo, ..., :k], steps=acfg.steps, guidance_scale=acfg.guidance_scale,
                              seed=[acfg.seed] * len(todo))
-        ok = (_psnr(rec.cpu(), x[todo].cpu()) >= acfg.psnr).tolist()
+        ok = (_psnr(rec.cpu(), x[todo].cpu()) >= threshold).tolist()
         for i, passed in zip(list(todo), ok, strict=True):
             if passed:
                 out[i] = k
@@ -308,7 +311,8 @@ def _meta(toks: Tokenizers, cfg: PretokenizeConfig) -> dict[str, Any]:
         "text_vocab_size": toks.text.vocab_size,
         "image_tokenizer": info(toks.image),
         "video_tokenizer": info(toks.video),
-        "adaptive": {"psnr": cfg.adaptive.psnr, "steps": cfg.adaptive.steps} if cfg.adaptive.enabled else None,
+        "adaptive": ({"psnr": cfg.adaptive.psnr, "video_psnr": cfg.adaptive.video_psnr, "steps": cfg.adaptive.steps}
+                     if cfg.adaptive.enabled else None),
     }
 
 

@@ -319,7 +319,8 @@ class Sweep:
         from mm1d.data.pretokenize import adaptive_budget
 
         if g.label not in self.adaptive:
-            acfg = AdaptiveBudgetConfig(enabled=True, psnr=self.cfg.auto_psnr, steps=self.steps,
+            acfg = AdaptiveBudgetConfig(enabled=True, psnr=self.cfg.auto_psnr, video_psnr=self.cfg.auto_video_psnr,
+                                        steps=self.steps,
                                         guidance_scale=self.guidance, seed=self.cfg.seed)
             ids, ks = self.tokenize(g), []
             for i in range(0, len(g), self.cfg.batch_size):
@@ -490,7 +491,8 @@ def run_zeroshot(cfg: ZeroShotEvalConfig, pipe: Any, meters: Meters | None = Non
     if AUTO in sw.budgets:
         summary["auto"] = {k: v for k, v in rows[AUTO].items() if v is not None}
         if cfg.task == "caption":
-            summary["auto_rule"] = f"smallest k in 1, 2, 4, ..., N whose reconstruction reaches {cfg.auto_psnr} dB"
+            psnr = cfg.auto_video_psnr if cfg.modality == "video" and cfg.auto_video_psnr is not None else cfg.auto_psnr
+            summary["auto_rule"] = f"smallest k in 1, 2, 4, ..., N whose reconstruction reaches {psnr} dB"
     if judged:
         summary["targets"] = {g.prefix + HEADLINE[kind]: TARGETS[kind][g.label] for g in judged
                               if g.label in TARGETS[kind]}

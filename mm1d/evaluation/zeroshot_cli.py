@@ -61,6 +61,8 @@ def build_parser(task: str, doc: str | None) -> argparse.ArgumentParser:
         p.add_argument("--max-new-tokens", type=int, default=None)
         p.add_argument("--auto-psnr", type=float, default=d.auto_psnr,
                        help="'auto': smallest k whose reconstruction reaches this PSNR (dB)")
+        p.add_argument("--auto-video-psnr", type=float, default=d.auto_video_psnr,
+                       help="the same threshold for videos (default: --auto-psnr)")
         p.add_argument("--inputs", default=None, help="--benchmark folder: images or videos to caption")
         p.add_argument("--references", default=None, help="COCO-format reference captions (captions_*.json)")
         p.add_argument("--tokenization", choices=("python", "ptb"), default=d.tokenization,
@@ -109,8 +111,9 @@ def config_from_args(task: str, a: argparse.Namespace) -> ZeroShotEvalConfig:
         max_objects=a.max_objects, temperature=a.temperature, top_k=a.top_k, top_p=a.top_p,
         decoder_steps=a.decoder_steps, ceiling=not a.no_ceiling, batch_size=a.batch_size, grid_count=a.grid_count,
         device=a.device, progress=not a.no_progress)
-    for name in ("cfg_scale", "modality", "max_new_tokens", "auto_psnr", "inputs", "references", "tokenization",
-                 "prompts", "clip", "reference", "inception", "geneval_out", "i3d", "frames", "fps"):  # per task
+    per_task = ("cfg_scale", "modality", "max_new_tokens", "auto_psnr", "auto_video_psnr", "inputs", "references",
+                "tokenization", "prompts", "clip", "reference", "inception", "geneval_out", "i3d", "frames", "fps")
+    for name in per_task:
         if hasattr(a, name):
             fields[name] = getattr(a, name)
     return ZeroShotEvalConfig(**fields)
