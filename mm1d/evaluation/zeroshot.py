@@ -320,8 +320,7 @@ class Sweep:
 
         if g.label not in self.adaptive:
             acfg = AdaptiveBudgetConfig(enabled=True, psnr=self.cfg.auto_psnr, video_psnr=self.cfg.auto_video_psnr,
-                                        steps=self.steps,
-                                        guidance_scale=self.guidance, seed=self.cfg.seed)
+                                        steps=self.steps, guidance_scale=self.guidance, seed=self.cfg.seed)
             ids, ks = self.tokenize(g), []
             for i in range(0, len(g), self.cfg.batch_size):
                 stop = min(len(g), i + self.cfg.batch_size)
