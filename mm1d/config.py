@@ -630,6 +630,10 @@ class AdaptiveBudgetConfig:
     guidance_scale: float = 1.0
     seed: int = 0  # decoder noise seed (fixed, so a re-run gives identical shards)
 
+    def threshold(self, video: bool) -> float:
+        """The PSNR (dB) a reconstruction must reach: ``video_psnr`` for videos when set, else ``psnr``."""
+        return self.video_psnr if video and self.video_psnr is not None else self.psnr
+
 
 @dataclass
 class PretokenizeConfig:

@@ -224,7 +224,7 @@ def adaptive_budget(tok: VisualTokenizer, x: torch.Tensor, ids: torch.Tensor, ac
                                                                   if (1 << i) <= n]
     if cands[-1] != n:
         cands.append(n)
-    threshold = acfg.video_psnr if x.dim() == 5 and acfg.video_psnr is not None else acfg.psnr
+    threshold = acfg.threshold(video=x.dim() == 5)
     out = [n] * x.shape[0]
     todo = list(range(x.shape[0]))
     for k in cands:

@@ -490,7 +490,8 @@ def run_zeroshot(cfg: ZeroShotEvalConfig, pipe: Any, meters: Meters | None = Non
     if AUTO in sw.budgets:
         summary["auto"] = {k: v for k, v in rows[AUTO].items() if v is not None}
         if cfg.task == "caption":
-            psnr = cfg.auto_video_psnr if cfg.modality == "video" and cfg.auto_video_psnr is not None else cfg.auto_psnr
+            rule = AdaptiveBudgetConfig(psnr=cfg.auto_psnr, video_psnr=cfg.auto_video_psnr)
+            psnr = rule.threshold(video=cfg.modality == "video")
             summary["auto_rule"] = f"smallest k in 1, 2, 4, ..., N whose reconstruction reaches {psnr} dB"
     if judged:
         summary["targets"] = {g.prefix + HEADLINE[kind]: TARGETS[kind][g.label] for g in judged
