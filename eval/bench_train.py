@@ -84,8 +84,14 @@ def _build(
     return model.to(device=device, dtype=dtype).train()
 
 
+def full_logits_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of ``(B, L, V)`` logits against ``(B, L)`` targets, in float32."""
+    return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
+
+
 def _step_fn(
-    impl: str, model: torch.nn.Module, ids: torch.Tensor, targets: torch.Tensor, n_docs: int, chunk_tokens: int | None
+    impl: str, model: torch.nn.Module, ids: torch.Tensor, targets: torch.Tensor, n_docs: int, chunk_tokens: int | None,
+    compiled: bool = False,
 ) -> Any:
     B, L = ids.shape
     doc_ids = positions = None
@@ -96,16 +102,16 @@ def _step_fn(
         positions = ar - doc_ids[0] * doc_len
         positions = positions.expand(B, L)
 
+    loss_fn = torch.compile(full_logits_loss) if compiled else full_logits_loss  # fuses upcast + softmax
+
     def step() -> None:
         if impl == "hf":
-            logits = model(input_ids=ids).logits
-            loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
+            loss = loss_fn(model(input_ids=ids).logits, targets)
         elif impl == "mm1d-chunked":
             ce, _ = model(ids, targets=targets, loss_chunk_tokens=chunk_tokens)
             loss = ce.mean()
         else:
-            logits = model(ids, positions, doc_ids)
-            loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
+            loss = loss_fn(model(ids, positions, doc_ids), targets)
         loss.backward()
         for p in model.parameters():
             p.grad = None
@@ -124,14 +130,16 @@ def _prepare(job: dict[str, Any], impl: str) -> tuple[Any, ModelConfig]:
             model.gradient_checkpointing_enable()
         else:
             model.gradient_checkpointing = True
-    if job["compile"]:
-        layers = model.model.layers
-        for i in range(len(layers)):
-            layers[i] = torch.compile(layers[i])
+    if job["compile"]:  # in place, per block, as engine.compile does in training (plus the loss)
+        if impl == "hf":
+            for layer in model.model.layers:
+                layer.compile()
+        else:
+            model.compile_blocks()
     gen = torch.Generator().manual_seed(1)
     ids = torch.randint(0, V, (B, L), generator=gen).to(device)
     targets = torch.randint(0, V, (B, L), generator=gen).to(device)
-    return _step_fn(impl, model, ids, targets, job["n_docs"], job["loss_chunk"]), cfg
+    return _step_fn(impl, model, ids, targets, job["n_docs"], job["loss_chunk"], job["compile"]), cfg
 
 
 def measure_speed(job: dict[str, Any]) -> dict[str, Any]:
@@ -223,7 +231,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--impls", default="mm1d,hf", help=f"comma list from {list(IMPLS)}")
     parser.add_argument("--n-docs", type=int, default=4, help="documents per row for mm1d-packed")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: leave default)")
-    parser.add_argument("--compile", action="store_true", help="torch.compile every block (both models)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile every block and the loss (both models)")
     parser.add_argument("--ckpt", action="store_true", help="activation checkpointing (both models)")
     parser.add_argument("--loss-chunk", type=int, default=None, help="tokens per chunk for mm1d-chunked")
     parser.add_argument("--out", default=None, help="also write DIR/results.json")

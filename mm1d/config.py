@@ -276,6 +276,7 @@ class EngineConfig:
     precision: Literal["fp32", "bf16"] = "fp32"
     activation_checkpointing: bool = False
     grad_accum: int = 1
+    compile: bool = False  # torch.compile in place: per block plus the loss when the model offers it
 
 
 @dataclass

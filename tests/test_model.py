@@ -10,8 +10,16 @@ import torch.nn.functional as F
 
 from mm1d.config import ModelConfig, VocabConfig
 from mm1d.modality import Vocab
-from mm1d.model import StaticKVCache, Transformer, load_model_bundle, save_model_bundle
-from mm1d.model.attention import build_attention_mask, dense_doc_causal_mask, doc_cu_seqlens, resolve_impl
+from mm1d.model import StaticKVCache, Transformer, attention, load_model_bundle, save_model_bundle
+from mm1d.model.attention import (
+    AttentionMask,
+    attend,
+    build_attention_mask,
+    dense_doc_causal_mask,
+    doc_cu_seqlens,
+    flash_available,
+    resolve_impl,
+)
 from mm1d.model.bundle import check_state_dict
 from mm1d.model.summary import build_meta, load_model_sections, summarize
 
@@ -98,6 +106,28 @@ def test_attention_mask_choice_and_flash_segments() -> None:
     cu, longest = doc_cu_seqlens(torch.tensor([[0, 0, 1, 1, 1], [0, 0, 0, 0, 0], [3, 4, 4, 5, 5]]))
     assert cu.tolist() == [0, 2, 5, 10, 11, 13, 15] and longest == 5
 
+
+
+def _segment_reference(q, k, v, cu_q, cu_k, max_q, max_k, *, is_causal=False):  # noqa: ANN001, ANN202
+    """A CPU stand-in for torch's varlen_attn (no enable_gqa, as in older torch): causal SDPA per segment."""
+    assert is_causal and q.shape[1] == k.shape[1], "the glue must ask for causal and repeat the KV heads"
+    out = torch.empty_like(q)
+    for s, e in zip(cu_q[:-1].tolist(), cu_q[1:].tolist()):
+        seg = [t[s:e].transpose(0, 1)[None] for t in (q, k, v)]  # (1, H, n, hd)
+        out[s:e] = F.scaled_dot_product_attention(*seg, is_causal=True)[0].transpose(0, 1)
+    return out
+
+
+def test_flash_varlen_glue_matches_dense_document_mask(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The flattening, segment offsets and GQA head repeat around the varlen kernel equal the dense mask."""
+    monkeypatch.setattr(attention, "_varlen_kernel", lambda: ("torch", _segment_reference))
+    torch.manual_seed(0)
+    doc_ids = torch.tensor([[0] * 5 + [1] * 7 + [2] * 4, [0] * 16])
+    q, k, v = torch.randn(2, 4, 16, 8), torch.randn(2, 2, 16, 8), torch.randn(2, 2, 16, 8)
+    cu, longest = doc_cu_seqlens(doc_ids)
+    got = attend(q, k, v, AttentionMask("flash", cu_seqlens=cu, max_seqlen=longest))
+    want = attend(q, k, v, AttentionMask("dense", dense=dense_doc_causal_mask(doc_ids)))
+    close(got, want, 1e-5)
 
 def test_gradient_checkpointing_gives_same_gradients() -> None:
     x = torch.randint(0, V, (2, 16))
@@ -251,6 +281,27 @@ def test_flex_attention_on_gpu_matches_dense_mask_and_documents() -> None:
     with torch.no_grad():  # the second document of row 0 equals its run alone
         close(a[0:1, 70:200], flex(ids[0:1, 70:200]), 1e-4)
 
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not (torch.cuda.is_available() and flash_available()), reason="needs CUDA and a varlen kernel")
+def test_flash_varlen_on_gpu_matches_dense_mask_and_documents() -> None:
+    flash = make(qk_norm=True, attn_impl="flash", max_seq_len=256).cuda().bfloat16().train()
+    dense = make(qk_norm=True, attn_impl="sdpa", max_seq_len=256).cuda().bfloat16().train()
+    lengths = [[70, 130, 56], [256]]
+    ids = torch.randint(0, V, (2, 256), device="cuda")
+    doc_ids = torch.tensor([[i for i, n in enumerate(r) for _ in range(n)] for r in lengths], device="cuda")
+    positions = torch.tensor([[p for n in r for p in range(n)] for r in lengths], device="cuda")
+    assert build_attention_mask(doc_ids, "flash", ids.device).kind == "flash"
+    a, b = flash(ids, positions, doc_ids).float(), dense(ids, positions, doc_ids).float()
+    rel = lambda x, y: float((x - y).norm() / y.norm())  # noqa: E731
+    assert rel(a, b) < 1e-2  # bf16: two kernels agree to rounding
+    a.square().mean().backward()
+    b.square().mean().backward()
+    for p, q in zip(flash.parameters(), dense.parameters()):
+        assert rel(p.grad.float(), q.grad.float()) < 3e-2
+    with torch.no_grad():  # the second document of row 0 equals its run alone
+        assert rel(a[0:1, 70:200], flash(ids[0:1, 70:200]).float()) < 1e-2
 
 @pytest.mark.slow
 def test_flex_attention_compiles_once_for_any_document_layout() -> None:

@@ -10,9 +10,10 @@ implement that rule:
   cache path uses it too, with a mask built from the cache's valid slots.
 - ``flex``: ``torch.nn.attention.flex_attention`` with a block mask built once per forward from
   ``doc_ids``; compiled on first use. GPU default when available.
-- ``flash``: ``flash_attn.flash_attn_varlen_func`` over the flattened rows, with one segment per document
-  run (documents must be contiguous runs of equal ids). Used when ``attn_impl="flash"`` is asked for, or by
-  ``auto`` on a GPU without FlexAttention.
+- ``flash``: FlashAttention varlen over the flattened rows, with one segment per document run (documents
+  must be contiguous runs of equal ids): ``flash_attn.flash_attn_varlen_func`` when the flash-attn package
+  is installed, else PyTorch's own ``torch.nn.attention.varlen.varlen_attn`` (torch >= 2.10, CUDA). Used
+  when ``attn_impl="flash"`` is asked for, or by ``auto`` on a GPU without FlexAttention.
 
 ``build_attention_mask`` picks the kernel once per forward; ``attend`` runs it in every layer.
 """
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import inspect
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,9 +43,48 @@ def flex_available() -> bool:
 
 
 @functools.cache
+def _varlen_kernel() -> tuple[str, Any] | None:
+    """The FlashAttention varlen function available here: ``("flash_attn", fn)``, ``("torch", fn)`` or None."""
+    if importlib.util.find_spec("flash_attn") is not None:
+        from flash_attn import flash_attn_varlen_func
+
+        return "flash_attn", flash_attn_varlen_func
+    try:
+        from torch.nn.attention.varlen import varlen_attn
+    except ImportError:
+        return None
+    return "torch", varlen_attn
+
+
 def flash_available() -> bool:
-    """True when the ``flash_attn`` package is installed (it needs a CUDA GPU)."""
-    return importlib.util.find_spec("flash_attn") is not None
+    """True when a FlashAttention varlen kernel exists (flash-attn, or torch's ``varlen_attn``); CUDA only."""
+    return _varlen_kernel() is not None
+
+
+def _flash_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu: torch.Tensor, max_len: int) -> torch.Tensor:
+    """Document-causal attention over flattened segments.
+
+    Args:
+        q: ``(T, H, hd)``; k, v: ``(T, Hkv, hd)`` with ``H % Hkv == 0``.
+        cu: ``(n_segments + 1,)`` int32 segment offsets; max_len: longest segment.
+
+    Returns:
+        ``(T, H, hd)``.
+    """
+    name, fn = _varlen_kernel()  # type: ignore[misc]
+    if name == "flash_attn":
+        return fn(q, k, v, cu, cu, max_len, max_len, causal=True)  # GQA is native
+    params = inspect.signature(fn).parameters
+    kwargs: dict[str, Any] = {"is_causal": True} if "is_causal" in params else {"window_size": (-1, 0)}
+    n_rep = q.shape[1] // k.shape[1]
+    if n_rep > 1:
+        if "enable_gqa" in params:
+            kwargs["enable_gqa"] = True
+        else:  # older torch: repeat each KV head for its query group
+            T, Hkv, hd = k.shape
+            k = k[:, :, None].expand(T, Hkv, n_rep, hd).reshape(T, Hkv * n_rep, hd)
+            v = v[:, :, None].expand(T, Hkv, n_rep, hd).reshape(T, Hkv * n_rep, hd)
+    return fn(q, k, v, cu, cu, max_len, max_len, **kwargs)
 
 
 def resolve_impl(impl: str, device: torch.device) -> str:
@@ -73,7 +114,10 @@ def resolve_impl(impl: str, device: torch.device) -> str:
         if device.type != "cuda":
             raise ValueError("attn_impl='flash' needs a CUDA device; use 'sdpa' (or 'auto') on CPU")
         if not flash_available():
-            raise ValueError("attn_impl='flash' needs the flash-attn package; install it or use 'auto'")
+            raise ValueError(
+                "attn_impl='flash' needs the flash-attn package or torch >= 2.10 (torch.nn.attention.varlen); "
+                "install one or use 'auto'"
+            )
     if impl == "flex" and not flex_available():
         raise ValueError(f"attn_impl='flex' needs torch >= 2.5 with FlexAttention (this is {torch.__version__})")
     return impl
@@ -210,13 +254,11 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: AttentionMas
     if mask.kind == "flex":
         return _compiled_flex()(q, k, v, block_mask=mask.block_mask, enable_gqa=n_rep > 1)
     if mask.kind == "flash":
-        from flash_attn import flash_attn_varlen_func
-
         B, H, L, hd = q.shape
         qf = q.transpose(1, 2).reshape(B * L, H, hd)  # (B*L, H, hd)
         kf = k.transpose(1, 2).reshape(B * L, k.shape[1], hd)  # (B*L, Hkv, hd)
         vf = v.transpose(1, 2).reshape(B * L, v.shape[1], hd)  # (B*L, Hkv, hd)
         cu, m = mask.cu_seqlens, mask.max_seqlen
-        out = flash_attn_varlen_func(qf, kf, vf, cu, cu, m, m, causal=True)  # (B*L, H, hd)
+        out = _flash_varlen(qf, kf, vf, cu, m)  # (B*L, H, hd)
         return out.reshape(B, L, H, hd).transpose(1, 2)  # (B, H, L, hd)
     raise ValueError(f"unknown attention mask kind {mask.kind!r}")

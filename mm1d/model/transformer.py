@@ -14,6 +14,7 @@ This module is a plain ``nn.Module``: no deepspeed, no hydra. The trainer flips
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -187,6 +188,23 @@ class Backbone(nn.Module):
         self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
 
 
+def ce_and_lse(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token cross-entropy and log-sum-exp from one softmax pass, in float32.
+
+    Args:
+        logits: ``(n, V)`` in any float dtype.
+        targets: ``(n,)`` long, -100 where no loss is taken.
+
+    Returns:
+        ``ce`` (0 where the target is -100) and ``lse``, each ``(n,)`` float32.
+    """
+    logits = logits.float()
+    lse = torch.logsumexp(logits, dim=-1)  # (n,)
+    keep = targets != -100
+    target_logit = logits.gather(1, torch.where(keep, targets, 0)[:, None])[:, 0]  # (n,)
+    return torch.where(keep, lse - target_logit, 0.0), lse
+
+
 class Transformer(nn.Module):
     """Decoder-only language model over the unified vocabulary.
 
@@ -209,6 +227,7 @@ class Transformer(nn.Module):
         if cfg.tie_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
         self.gradient_checkpointing = False
+        self._ce_and_lse = ce_and_lse  # compile_blocks swaps in a compiled copy
         self.reset_parameters()
 
     @torch.no_grad()
@@ -347,14 +366,23 @@ class Transformer(nn.Module):
         return torch.cat(ces).view(B, L), torch.cat(lses).view(B, L)
 
     def _chunk_loss(self, h: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = self.lm_head(h).float()  # (n, V)
-        lse = torch.logsumexp(logits, dim=-1)  # (n,)
-        keep = t != -100
-        target_logit = logits.gather(1, torch.where(keep, t, 0)[:, None])[:, 0]  # (n,)
-        ce = torch.where(keep, lse - target_logit, 0.0)  # one softmax pass serves both outputs
-        return ce, lse
+        return self._ce_and_lse(self.lm_head(h), t)
 
     # ---- helpers --------------------------------------------------------------------------------------
+    def compile_blocks(self, **compile_kwargs: Any) -> None:
+        """``torch.compile`` every block and the chunked loss in place; parameter names do not change.
+
+        Compiling block by block keeps compile time flat in depth (one graph serves every layer) and lets
+        inductor fuse the norms, RoPE, SwiGLU and the loss's upcast + log-sum-exp.
+
+        Args:
+            compile_kwargs: passed to ``torch.compile`` (for example ``backend="eager"`` in tests).
+        """
+        for layer in self.model.layers:
+            layer.compile(**compile_kwargs)
+        # The head matmul stays outside the graph (cuBLAS either way; inductor would pad the V stride).
+        self._ce_and_lse = torch.compile(ce_and_lse, **compile_kwargs)
+
     def new_kv_cache(self, batch_size: int, max_len: int) -> StaticKVCache:
         """A preallocated cache for ``batch_size`` rows of up to ``max_len`` tokens."""
         return StaticKVCache.for_model(self, batch_size, max_len)

@@ -71,6 +71,18 @@ def ensure_dist_env() -> None:
     os.environ.setdefault("MASTER_PORT", str(_free_port()))
 
 
+def compile_in_place(model: nn.Module) -> None:
+    """``torch.compile`` ``model`` without renaming its parameters (checkpoints stay interchangeable).
+
+    A model with ``compile_blocks`` (the transformer) compiles each block and its loss, as torchtitan does;
+    any other module compiles its ``forward``.
+    """
+    if hasattr(model, "compile_blocks"):
+        model.compile_blocks()
+    else:
+        model.compile()
+
+
 def resolve_backend(cfg: EngineConfig) -> str:
     if cfg.backend != "auto":
         return cfg.backend
@@ -110,6 +122,8 @@ class Engine:
         self.dtype = torch.bfloat16 if cfg.precision == "bf16" else torch.float32
         self.micro_step = 0
         self.global_step = 0
+        if cfg.compile:
+            compile_in_place(model)
         if self.backend == "deepspeed":
             self._init_deepspeed(model, optim, total_steps, micro_batch_size)
         else:
