@@ -327,3 +327,32 @@ def test_flex_attention_compiles_once_for_any_document_layout() -> None:
             ref = F.scaled_dot_product_attention(q, k.repeat_interleave(2, 1), v.repeat_interleave(2, 1),
                                                  attn_mask=dense)
             assert torch.allclose(out, ref, atol=1e-5)
+
+
+def test_compile_blocks_keeps_parameter_names_and_losses() -> None:
+    from mm1d.model.transformer import ce_and_lse
+
+    model = make(qk_norm=True)
+    x, t = torch.randint(0, V, (2, 24)), torch.randint(0, V, (2, 24))
+    t[0, :5] = -100
+    names = list(model.state_dict())
+    ce, lse = model(x, targets=t, loss_chunk_tokens=16)
+    model.compile_blocks(backend="eager")  # the wiring, without inductor's CPU compile time
+    assert list(model.state_dict()) == names  # checkpoints and HF export stay interchangeable
+    assert model._ce_and_lse is not ce_and_lse
+    assert all(layer._compiled_call_impl is not None for layer in model.model.layers)
+    ce2, lse2 = model(x, targets=t, loss_chunk_tokens=16)
+    close(ce2, ce, 1e-6)
+    close(lse2, lse, 1e-6)
+    assert (ce[0, :5] == 0).all()
+
+
+def test_engine_compile_flag_compiles_in_place() -> None:
+    from mm1d.config import EngineConfig, OptimConfig
+    from mm1d.training.engine import Engine
+
+    model = make()
+    names = list(model.state_dict())
+    Engine(model, EngineConfig(backend="torch", compile=True), OptimConfig(), total_steps=10)
+    assert all(layer._compiled_call_impl is not None for layer in model.model.layers)
+    assert list(model.state_dict()) == names
