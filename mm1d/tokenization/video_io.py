@@ -262,15 +262,23 @@ def encode_h264(
         options: libx264 options, e.g. ``{"crf": "18"}``.
     """
     import av
+    from av.video.reformatter import Interpolation
 
+    # The RGB -> yuv420p conversion runs here, single-threaded and bit-exact (the encoder's implicit
+    # conversion lets swscale pick its thread count).
+    exact = Interpolation.BILINEAR | Interpolation.ACCURATE_RND | Interpolation.BITEXACT
     _, h, w, _ = frames.shape
     with av.open(str(dest) if isinstance(dest, (str, Path)) else dest, mode="w", format="mp4") as container:
         stream = container.add_stream("libx264", rate=rate)
         stream.width, stream.height = w, h
         stream.pix_fmt = "yuv420p"
+        # PyAV opens the codec with its own thread_count (0: auto, slice threads), which overrides a "threads"
+        # entry in the options: set it on the context, or x264 threads and same-seed bytes differ now and then.
+        stream.codec_context.thread_count = int(options.get("threads", 0))
         stream.options = options
         for frame in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")):
+            rgb = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
+            for packet in stream.encode(rgb.reformat(format="yuv420p", interpolation=exact, threads=1)):
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
