@@ -108,6 +108,12 @@ class ReleaseBundle:
     def text_path(self) -> Path:
         return text_model_path(self.path / "text")
 
+    @property
+    def understanding_min_k(self) -> int:
+        """The smallest visual budget the model was trained to caption from (0: any; older bundles: 0)."""
+        seq = self.config.get("pretrain", {}).get("data", {}).get("sequence", {})
+        return int(seq.get("understanding_min_k", 0) or 0)
+
     def tokenizer_dir(self, modality: str) -> Path | None:
         """The FlexTok ('image') or VideoFlexTok ('video') bundle: a copy inside, or a shipped asset."""
         p = self.path / modality

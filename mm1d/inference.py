@@ -291,6 +291,9 @@ class Pipeline:
         image: the FlexTok tokenizer (None: no image generation or image inputs).
         video: the VideoFlexTok tokenizer (None: no video generation or video inputs).
         config: sampler presets and decoding defaults.
+        understanding_min_k: the smallest visual budget the model was trained to caption from (its
+            ``data.sequence.understanding_min_k``; 0: any). A budget the model chooses for captioning never
+            goes below it.
     """
 
     def __init__(
@@ -301,9 +304,11 @@ class Pipeline:
         image: Any = None,
         video: Any = None,
         config: GenerationConfig | None = None,
+        understanding_min_k: int = 0,
     ) -> None:
         self.model, self.vocab, self.text, self.image, self.video = model.eval(), vocab, text, image, video
         self.config = config or GenerationConfig()
+        self.understanding_min_k = understanding_min_k
         self.device = next(model.parameters()).device
         if text.vocab_size > vocab.text_size:
             raise ValueError(f"the text tokenizer has {text.vocab_size} pieces, more than the model's "
@@ -344,7 +349,7 @@ class Pipeline:
             from mm1d.tokenization.videoflextok import VideoFlexTok
 
             video = VideoFlexTok.from_pretrained(rb.tokenizer_dir("video"), device=dev)
-        return cls(rb.model, rb.vocab, text, image, video, config)
+        return cls(rb.model, rb.vocab, text, image, video, config, rb.understanding_min_k)
 
     # ---- helpers ------------------------------------------------------------------------------------
     def _need(self, modality: str) -> Any:

@@ -65,3 +65,5 @@ def test_default_bundle_generates_right_after_install() -> None:
     assert len(out.images) == 2 and out.images[0].size == (32, 32)
     cap = mm1d.generate(None, modality="text", images=out.images[:1], seed=0)
     assert isinstance(cap.texts[0], str) and cap.texts[0]
+    # the bundle remembers the smallest budget it was trained to caption from (caption "auto" never goes below)
+    assert mm1d.load().understanding_min_k == 8

@@ -180,6 +180,19 @@ def test_sweep_t2v_and_captions_with_a_fake_model(tmp_path: Path) -> None:
     assert len(lines) == 8 and {json.loads(x)["budget"] for x in lines} == {8}
 
 
+
+def test_caption_auto_never_goes_below_the_models_caption_budget(tmp_path: Path) -> None:
+    """With a threshold every reconstruction passes, the PSNR rule picks k = 1; a model trained to caption from
+    at least 4 tokens (``understanding_min_k``) gets 4 instead, and the rule text says so."""
+    pipe = FakePipe()
+    res = run_zeroshot(_fake_cfg(tmp_path / "a", "caption", auto_psnr=-1e9), pipe)
+    assert res["summary"]["auto"]["mean_budget"] == 1.0 and "understanding_min_k" not in res["summary"]["auto_rule"]
+    pipe.understanding_min_k = 4
+    res = run_zeroshot(_fake_cfg(tmp_path / "b", "caption", auto_psnr=-1e9), pipe)
+    assert res["summary"]["auto"]["mean_budget"] == 4.0 and "at least 4" in res["summary"]["auto_rule"]
+    lines = (tmp_path / "b" / "caption" / "captions" / "auto.jsonl").read_text().splitlines()
+    assert {json.loads(x)["budget"] for x in lines} == {4}
+
 # ---- the scripts on a tiny random bundle ------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:

@@ -315,7 +315,8 @@ class Sweep:
         return torch.stack(out)  # type: ignore[arg-type]
 
     def adaptive_budgets(self, g: Group) -> list[int]:
-        """Captioning ``"auto"``: per input the smallest k whose reconstruction reaches ``cfg.auto_psnr``."""
+        """Captioning ``"auto"``: per input the smallest k whose reconstruction reaches ``cfg.auto_psnr``,
+        raised to the smallest budget the model was trained to caption from (``pipe.understanding_min_k``)."""
         from mm1d.data.pretokenize import adaptive_budget
 
         if g.label not in self.adaptive:
@@ -327,7 +328,8 @@ class Sweep:
                 dev = self.pipe.device
                 ks += adaptive_budget(self.tok, g.batch(i, stop).to(dev), ids[i:stop].to(dev), acfg)
             n_max = int(self.pipe.max_budget[self.modality])
-            self.adaptive[g.label] = [min(k, n_max) for k in ks]
+            floor = min(int(getattr(self.pipe, "understanding_min_k", 0)), n_max)
+            self.adaptive[g.label] = [min(max(k, floor), n_max) for k in ks]
         return self.adaptive[g.label]
 
 
@@ -492,7 +494,9 @@ def run_zeroshot(cfg: ZeroShotEvalConfig, pipe: Any, meters: Meters | None = Non
         if cfg.task == "caption":
             rule = AdaptiveBudgetConfig(psnr=cfg.auto_psnr, video_psnr=cfg.auto_video_psnr)
             psnr = rule.threshold(video=cfg.modality == "video")
-            summary["auto_rule"] = f"smallest k in 1, 2, 4, ..., N whose reconstruction reaches {psnr} dB"
+            floor = int(getattr(pipe, "understanding_min_k", 0))
+            summary["auto_rule"] = (f"smallest k in 1, 2, 4, ..., N whose reconstruction reaches {psnr} dB"
+                                    + (f", at least {floor} (the model's understanding_min_k)" if floor else ""))
     if judged:
         summary["targets"] = {g.prefix + HEADLINE[kind]: TARGETS[kind][g.label] for g in judged
                               if g.label in TARGETS[kind]}
