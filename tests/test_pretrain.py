@@ -44,7 +44,7 @@ def overrides(assets: dict, out: Path, steps: int, **extra: str) -> list[str]:
         "data.sequence.understanding_min_k": "1", "eval_data": "[]",
         "train.max_steps": str(steps), "train.log_every": "1", "train.save_every": "3", "train.keep_last": "5",
         "optim.lr": "3e-3", "optim.warmup_steps": "2", "engine.backend": "torch", "engine.zero_stage": "0",
-        "engine.deepspeed_config": "null",
+        "engine.deepspeed_config": "null", "engine.compile": "false",
     }
     ov.update(extra)
     return [f"{k}={v}" for k, v in ov.items()]
@@ -86,6 +86,22 @@ def test_single_process_run_learns_and_writes_a_loadable_bundle(assets: dict, tm
     assert bundle.tokenizer_dir("image") is not None and bundle.tokenizer_dir("video") is not None
     assert bundle.text_path.is_file()
 
+
+
+def test_compiled_training_gives_the_eager_losses_and_a_loadable_bundle(assets: dict, tmp_path: Path) -> None:
+    """engine.compile=true (inductor on the CPU) trains the same model: same losses, same parameter names."""
+    from mm1d.checkpoint import load_release_bundle
+
+    runs = {}
+    for flag in ("false", "true"):
+        out = tmp_path / flag
+        r = python_run(overrides(assets, out, 3, **{"engine.compile": flag, "train.save_every": "0"}))
+        assert r.returncode == 0, r.stderr[-3000:]
+        runs[flag] = losses(out)
+    assert runs["true"].keys() == runs["false"].keys() == {1, 2, 3}
+    for step, loss in runs["false"].items():
+        assert abs(runs["true"][step] - loss) < 1e-4, (step, runs)
+    load_release_bundle(tmp_path / "true" / "bundle")  # strict load: the names did not change
 
 @pytest.mark.parametrize("stage", [2, 3])
 def test_deepspeed_launcher_two_cpu_ranks(assets: dict, tmp_path: Path, stage: int) -> None:
