@@ -103,6 +103,7 @@ class FakePipe:
         self.image, self.video, self.size = FakeTok(size), FakeTok(size), size
         self.config, self.device = GenerationConfig(num_frames=9), torch.device("cpu")
         self.max_budget = {"image": 8, "video": 8}
+        self.understanding_min_k = 0
         self.calls: list[dict] = []
 
     def _decode_steps(self, tok: Any, steps: int | None) -> tuple[int, float]:

@@ -120,7 +120,8 @@ def _segment_reference(q, k, v, cu_q, cu_k, max_q, max_k, *, is_causal=False):  
 
 def test_flash_varlen_glue_matches_dense_document_mask(monkeypatch: pytest.MonkeyPatch) -> None:
     """The flattening, segment offsets and GQA head repeat around the varlen kernel equal the dense mask."""
-    monkeypatch.setattr(attention, "_varlen_kernel", lambda: ("torch", _segment_reference))
+    monkeypatch.setattr(attention, "_varlen_kernel",
+                        lambda: ("torch", _segment_reference, frozenset(["is_causal"])))
     torch.manual_seed(0)
     doc_ids = torch.tensor([[0] * 5 + [1] * 7 + [2] * 4, [0] * 16])
     q, k, v = torch.randn(2, 4, 16, 8), torch.randn(2, 2, 16, 8), torch.randn(2, 2, 16, 8)

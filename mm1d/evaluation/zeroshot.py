@@ -328,7 +328,7 @@ class Sweep:
                 dev = self.pipe.device
                 ks += adaptive_budget(self.tok, g.batch(i, stop).to(dev), ids[i:stop].to(dev), acfg)
             n_max = int(self.pipe.max_budget[self.modality])
-            floor = min(int(getattr(self.pipe, "understanding_min_k", 0)), n_max)
+            floor = min(self.pipe.understanding_min_k, n_max)
             self.adaptive[g.label] = [min(max(k, floor), n_max) for k in ks]
         return self.adaptive[g.label]
 
@@ -494,7 +494,7 @@ def run_zeroshot(cfg: ZeroShotEvalConfig, pipe: Any, meters: Meters | None = Non
         if cfg.task == "caption":
             rule = AdaptiveBudgetConfig(psnr=cfg.auto_psnr, video_psnr=cfg.auto_video_psnr)
             psnr = rule.threshold(video=cfg.modality == "video")
-            floor = int(getattr(pipe, "understanding_min_k", 0))
+            floor = pipe.understanding_min_k
             summary["auto_rule"] = (f"smallest k in 1, 2, 4, ..., N whose reconstruction reaches {psnr} dB"
                                     + (f", at least {floor} (the model's understanding_min_k)" if floor else ""))
     if judged:

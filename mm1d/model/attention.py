@@ -43,17 +43,20 @@ def flex_available() -> bool:
 
 
 @functools.cache
-def _varlen_kernel() -> tuple[str, Any] | None:
-    """The FlashAttention varlen function available here: ``("flash_attn", fn)``, ``("torch", fn)`` or None."""
+def _varlen_kernel() -> tuple[str, Any, frozenset[str]] | None:
+    """The FlashAttention varlen function available here, with its keyword names (looked up once):
+    ``("flash_attn", fn, names)``, ``("torch", fn, names)``, or None."""
     if importlib.util.find_spec("flash_attn") is not None:
-        from flash_attn import flash_attn_varlen_func
+        from flash_attn import flash_attn_varlen_func as fn
 
-        return "flash_attn", flash_attn_varlen_func
-    try:
-        from torch.nn.attention.varlen import varlen_attn
-    except ImportError:
-        return None
-    return "torch", varlen_attn
+        name = "flash_attn"
+    else:
+        try:
+            from torch.nn.attention.varlen import varlen_attn as fn
+        except ImportError:
+            return None
+        name = "torch"
+    return name, fn, frozenset(inspect.signature(fn).parameters)
 
 
 def flash_available() -> bool:
@@ -71,10 +74,9 @@ def _flash_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu: torch.T
     Returns:
         ``(T, H, hd)``.
     """
-    name, fn = _varlen_kernel()  # type: ignore[misc]
+    name, fn, params = _varlen_kernel()  # type: ignore[misc]
     if name == "flash_attn":
         return fn(q, k, v, cu, cu, max_len, max_len, causal=True)  # GQA is native
-    params = inspect.signature(fn).parameters
     kwargs: dict[str, Any] = {"is_causal": True} if "is_causal" in params else {"window_size": (-1, 0)}
     n_rep = q.shape[1] // k.shape[1]
     if n_rep > 1:
