@@ -516,6 +516,9 @@ class VisualTokenizerConfig:
     dec_depth: int = 4
     dec_dim: int = 128
     mlp_ratio: float = 4.0
+    # hidden width of MLP patch stems (encoder and decoder input) and of an MLP output head; 0: linear
+    # ones, which see and emit only an enc_dim / dec_dim-dimensional subspace of each patch
+    patch_mlp: int = 0
     qk_norm: bool = True
     register_modulation: bool = True  # separate adaLN modulation for patches and registers
     # add a pooled summary of the kept registers (of each video time step) to the timestep embedding
@@ -552,7 +555,7 @@ class FlexTokConfig(VisualTokenizerConfig):
     latent_channels: int = 3  # must match the backend (3 for pixels, the VAE's latent_channels)
     patch_size: int = 4
     num_registers: int = 32
-    quant_norm: Literal["none", "layernorm", "rms", "batch"] = "none"  # normalization before FSQ
+    quant_norm: Literal["none", "layernorm", "rms", "batch", "renorm"] = "none"  # normalization before FSQ
     head_dim: int = 64
     # extra loss weight on latent positions that stand out from the image's median (0: plain MSE);
     # see flow.contrast_weights
@@ -576,7 +579,7 @@ class TokenizerDataConfig:
     shapes: ShapesConfig = field(default_factory=ShapesConfig)
     val_samples: int = 8  # fixed ShapesWorld val samples shown in the periodic reconstruction grids
     # training batches used to recompute the FSQ batch-norm statistics of the released weights
-    # (quant_norm="batch"); 0 keeps the running averages
+    # (quant_norm "batch" or "renorm"); 0 keeps the running averages
     calibrate_batches: int = 32
     max_corrupt_fraction: float = 0.05  # reader sources: fail when more than this share is unreadable
 
@@ -683,7 +686,7 @@ class VideoFlexTokConfig(VisualTokenizerConfig):
     latent_channels: int = 12  # 12 for pixels (3 colours x 4 frames), the VAE's z_dim otherwise
     patch_size: int = 8
     num_registers: int = 16  # tokens per time step
-    quant_norm: Literal["none", "layernorm", "rms", "batch"] = "layernorm"
+    quant_norm: Literal["none", "layernorm", "rms", "batch", "renorm"] = "layernorm"
     head_dim: int = 32
     registers_see_past: bool = True  # encoder register i of step t also sees registers <= i of steps < t
     first_step_dropout: Literal["same", "pow2", "uniform", "uniform_pow2", "none"] = "same"  # own k for step 0

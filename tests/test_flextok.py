@@ -28,7 +28,7 @@ def make_model(seed: int = 0, **kw: object) -> FlexTok:
     # non-zero adaLN / head so the decoder output depends on its inputs (zero-init would hide bugs)
     with torch.no_grad():
         for name, prm in model.named_parameters():
-            if "modulation" in name or "dec_final.linear" in name:
+            if "modulation" in name or name.startswith(("dec_final.linear", "dec_final.out")):
                 prm.normal_(0, 0.05)
     return model.eval()
 
@@ -37,7 +37,7 @@ def images(b: int = 3, seed: int = 0, size: int = 16) -> torch.Tensor:
     return torch.rand(b, 3, size, size, generator=torch.Generator().manual_seed(seed)) * 2 - 1
 
 
-@pytest.mark.parametrize("quant_norm", ["none", "layernorm", "batch"])
+@pytest.mark.parametrize("quant_norm", ["none", "layernorm", "batch", "renorm"])
 def test_prefix_invariance(quant_norm: str) -> None:
     model = make_model(quant_norm=quant_norm)
     x = images(3)
@@ -175,6 +175,7 @@ def test_bad_inputs() -> None:
         {"prediction": "x0", "aux_recon_weight": 1.0},
         {"prediction": "x0", "aux_recon_weight": 1.0, "aux_recon_mode": "zero_noise", "recon_contrast_weight": 10.0},
         {"repa_weight": 0.5, "repa_dim": 24, "repa_extractor": "random_conv", "repa_layer": 0},
+        {"patch_mlp": 64, "prediction": "x0", "aux_recon_weight": 1.0, "aux_recon_mode": "zero_noise"},
     ],
 )
 def test_training_loss_backward_and_reproducible(kw: dict) -> None:
@@ -332,5 +333,35 @@ def test_calibrated_quantizer_gives_the_training_codes() -> None:
     assert not torch.equal(stale, train_ids)  # the fresh running averages are far off
     assert torch.equal(model.tokenize(x), train_ids)
     assert torch.equal(model.tokenize(x, 3), train_ids[:, :3])  # still prefix-invariant
-    with pytest.raises(ValueError, match="quant_norm='batch'"):
+    with pytest.raises(ValueError, match="quant_norm 'batch' or 'renorm'"):
         make_model(quant_norm="rms").calibrate_quantizer([x])
+
+
+def test_mlp_patch_head_lifts_the_rank_bound_and_starts_at_zero(tmp_path: Path) -> None:
+    """A linear head emits patches in a dec_dim-dimensional affine subspace (here 32 of 48 values); the
+    MLP head of ``patch_mlp`` does not. Both start at zero output (adaLN-zero), and the MLP stems survive
+    a bundle round trip."""
+
+    def head_outputs(model: FlexTok) -> torch.Tensor:
+        codes, _ = model.quantize(images(8, seed=1))
+        keep, null = torch.full((8,), 8), torch.zeros(8, dtype=torch.bool)
+        x_t, t = torch.randn(8, 3, 16, 16, generator=torch.Generator().manual_seed(2)), torch.rand(8)
+        out = []
+        handle = model.dec_final.register_forward_hook(lambda m, i, o: out.append(o))
+        with torch.no_grad():
+            model.decoder_forward(x_t, t, codes, keep, null)
+        handle.remove()
+        rows = out[0].reshape(-1, out[0].shape[-1])  # (B * P, C p p) = (128, 48)
+        return rows - rows.mean(0)
+
+    assert int(torch.linalg.matrix_rank(head_outputs(make_model()))) <= 32
+    mlp = make_model(patch_mlp=64)
+    assert int(torch.linalg.matrix_rank(head_outputs(mlp))) == 48
+    assert {"enc_patch.out.1.weight", "dec_patch.out.1.weight", "dec_final.out.1.weight"} <= set(mlp.state_dict())
+    fresh = FlexTok(tiny_cfg(patch_mlp=64))
+    assert head_outputs(fresh).abs().max() == 0
+    x = images(2, seed=5)
+    mlp.save_pretrained(tmp_path / "bundle")
+    loaded = FlexTok.from_pretrained(tmp_path / "bundle")
+    assert loaded.cfg.patch_mlp == 64
+    assert torch.equal(loaded.autoencode(x, 4, steps=2, seed=0), mlp.autoencode(x, 4, steps=2, seed=0))

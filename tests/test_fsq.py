@@ -56,7 +56,7 @@ def test_straight_through_gradient() -> None:
     assert z.grad is not None and z.grad.abs().sum() > 0
 
 
-@pytest.mark.parametrize("norm", ["layernorm", "rms", "batch"])
+@pytest.mark.parametrize("norm", ["layernorm", "rms", "batch", "renorm"])
 def test_normalization_spreads_tiny_inputs(norm: str) -> None:
     """Near-zero encoder outputs collapse to one code without normalization, not with it."""
     gen = torch.Generator().manual_seed(0)
@@ -82,6 +82,38 @@ def test_batch_norm_eval_is_per_token() -> None:
     assert torch.equal(ids_all[:1, :3], ids_one)
     with pytest.raises(ValueError, match="positions"):
         fsq(torch.randn(1, 7, 4))
+
+
+def test_renorm_training_codes_ignore_the_batch_and_gradients_match_batch_norm() -> None:
+    """Batch renormalization: the first step equals batch norm (values and gradients); later training
+    steps give each sample the codes that eval mode gives with the statistics after that step, whatever
+    the rest of the batch is, while batch norm's codes depend on the batch."""
+    gen = torch.Generator().manual_seed(0)
+    z = (torch.randn(16, 3, 4, generator=gen) * 3 + 1).requires_grad_(True)
+    weights = torch.arange(4.0)
+    renorm, batch = FSQ([8, 5, 5, 5], norm="renorm", num_positions=3), FSQ([8, 5, 5, 5], norm="batch", num_positions=3)
+    (c_r, i_r), (c_b, i_b) = renorm(z), batch(z)
+    assert torch.equal(i_r, i_b) and torch.allclose(c_r, c_b, atol=1e-6)
+    g_r = torch.autograd.grad((c_r * weights).sum(), z)[0]
+    g_b = torch.autograd.grad((c_b * weights).sum(), z)[0]
+    assert torch.allclose(g_r, g_b, atol=1e-6)
+    for _ in range(30):
+        z_i = torch.randn(16, 3, 4, generator=gen) * 3 + 1
+        renorm(z_i), batch(z_i)
+    assert int(renorm.num_batches) == 31 and "num_batches" in renorm.state_dict()
+    x = torch.randn(4, 3, 4, generator=gen) * 3 + 1
+    ids_r, ids_b = [], []
+    for shift in (0.0, 2.0):  # two batches whose other members differ a lot
+        others = torch.randn(12, 3, 4, generator=gen) * 3 + 1 + shift
+        for fsq, out in ((renorm, ids_r), (batch, ids_b)):
+            fsq.train()
+            train_ids = fsq(torch.cat([x, others]))[1][:4]
+            fsq.eval()
+            if fsq is renorm:
+                assert torch.equal(train_ids, fsq(x)[1])  # = eval mode with the updated statistics
+            out.append(train_ids)
+    assert (ids_r[0] != ids_r[1]).float().mean() < 0.1  # only the slow statistics moved
+    assert (ids_b[0] != ids_b[1]).float().mean() > 0.2
 
 
 def test_bad_inputs() -> None:

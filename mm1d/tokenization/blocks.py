@@ -333,14 +333,21 @@ class AdaLNBlock(nn.Module):
 
 
 class AdaLNFinal(nn.Module):
-    """Output head: LayerNorm with adaLN shift/scale, then a zero-initialized linear to ``out_dim``."""
+    """Output head: LayerNorm with adaLN shift/scale, then a zero-initialized linear to ``out_dim``.
 
-    def __init__(self, dim: int, out_dim: int, num_groups: int = 1) -> None:
+    With ``hidden > 0`` the head is an MLP instead (``linear`` to ``hidden``, GELU, zero-initialized
+    ``out`` to ``out_dim``): a linear head can only emit outputs in a ``dim``-dimensional subspace, which
+    binds when a patch has more values than the model is wide (an 8 px RGB patch: 192 values).
+    """
+
+    def __init__(self, dim: int, out_dim: int, num_groups: int = 1, hidden: int = 0) -> None:
         super().__init__()
         self.num_groups = num_groups
         self.modulation = nn.Linear(dim, num_groups * 2 * dim)
-        self.linear = nn.Linear(dim, out_dim)
-        for layer in (self.modulation, self.linear):
+        self.linear = nn.Linear(dim, hidden or out_dim)
+        self.out = nn.Sequential(nn.GELU(), nn.Linear(hidden, out_dim)) if hidden else None
+        zeroed = (self.modulation, self.linear) if self.out is None else (self.modulation, self.out[1])
+        for layer in zeroed:
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
 
@@ -354,7 +361,22 @@ class AdaLNFinal(nn.Module):
         """x ``(B, L, D)``, cond ``(B, D)``/``(B, L, D)`` (or ``(B, S, D)`` with ``cond_index (L,)``),
         groups ``(L,)`` -> ``(B, L, out_dim)``."""
         shift, scale = _modulation(self.modulation, cond, 2, groups, self.num_groups, cond_index).unbind(2)
-        return self.linear(layer_norm_fp32(x) * (1 + scale) + shift)
+        h = self.linear(layer_norm_fp32(x) * (1 + scale) + shift)
+        return h if self.out is None else self.out(h)
+
+
+class PatchStem(nn.Linear):
+    """Patch embedding ``(..., in_dim) -> (..., out_dim)``: a linear map, or with ``hidden > 0`` an MLP
+    (this linear to ``hidden``, GELU, ``out`` to ``out_dim``), which can keep more of a patch than a
+    rank-``out_dim`` projection. The first layer's parameters keep the names of the linear stem."""
+
+    def __init__(self, in_dim: int, out_dim: int, hidden: int = 0) -> None:
+        super().__init__(in_dim, hidden or out_dim)
+        self.out = nn.Sequential(nn.GELU(), nn.Linear(hidden, out_dim)) if hidden else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = super().forward(x)
+        return h if self.out is None else self.out(h)
 
 
 def patchify(x: torch.Tensor, patch: int) -> torch.Tensor:

@@ -24,8 +24,8 @@ import torch
 from torch import nn
 
 from mm1d.config import from_dict, to_dict
-from mm1d.tokenization.blocks import AdaLNBlock, AdaLNFinal, Block, TimestepEmbedder
-from mm1d.tokenization.fsq import FSQ
+from mm1d.tokenization.blocks import AdaLNBlock, AdaLNFinal, Block, PatchStem, TimestepEmbedder
+from mm1d.tokenization.fsq import BATCH_NORMS, FSQ
 from mm1d.utils import atomic_path, atomic_write_text
 
 __all__ = ["RegisterTokenizer", "WEIGHTS_FILE", "CONFIG_FILE", "BUNDLE_VERSION"]
@@ -90,7 +90,7 @@ class RegisterTokenizer(nn.Module):
         de, dd = cfg.enc_dim, cfg.dec_dim
         self.fsq = FSQ(cfg.fsq_levels, norm=cfg.quant_norm, num_positions=n)
         # encoder
-        self.enc_patch = nn.Linear(patch_dim, de)
+        self.enc_patch = PatchStem(patch_dim, de, cfg.patch_mlp)
         self.enc_registers = nn.Parameter(torch.empty(*register_sets, n, de))
         self.enc_blocks = nn.ModuleList(
             [Block(de, de // cfg.head_dim, cfg.mlp_ratio, cfg.qk_norm) for _ in range(cfg.enc_depth)]
@@ -98,7 +98,7 @@ class RegisterTokenizer(nn.Module):
         self.enc_out = nn.Linear(de, self.fsq.dim)
         # decoder
         groups = 2 if cfg.register_modulation else 1
-        self.dec_patch = nn.Linear(patch_dim, dd)
+        self.dec_patch = PatchStem(patch_dim, dd, cfg.patch_mlp)
         self.dec_reg_in = nn.Linear(self.fsq.dim, dd)
         self.dec_reg_pos = nn.Parameter(torch.empty(*register_sets, n, dd))
         self.mask_token = nn.Parameter(torch.empty(dd))
@@ -113,7 +113,7 @@ class RegisterTokenizer(nn.Module):
                 for _ in range(cfg.dec_depth)
             ]
         )
-        self.dec_final = AdaLNFinal(dd, patch_dim, num_groups=groups)
+        self.dec_final = AdaLNFinal(dd, patch_dim, num_groups=groups, hidden=cfg.patch_mlp)
 
     def _init_weights(self) -> None:
         for m in self.modules():
@@ -153,7 +153,8 @@ class RegisterTokenizer(nn.Module):
 
     @torch.no_grad()
     def calibrate_quantizer(self, batches: Iterable[torch.Tensor]) -> int:
-        """Recompute the FSQ batch-norm statistics exactly with the current weights (``quant_norm="batch"``).
+        """Recompute the FSQ running statistics exactly with the current weights (``quant_norm`` "batch" or
+        "renorm").
 
         Run it on the weights being released (the EMA copy, when there is one): their encoder differs
         from the one the running averages followed during training.
@@ -164,8 +165,8 @@ class RegisterTokenizer(nn.Module):
         Returns:
             the number of samples used.
         """
-        if self.fsq.norm != "batch":
-            raise ValueError(f"calibrate_quantizer() applies to quant_norm='batch', not {self.fsq.norm!r}")
+        if self.fsq.norm not in BATCH_NORMS:
+            raise ValueError(f"calibrate_quantizer() applies to quant_norm 'batch' or 'renorm', not {self.fsq.norm!r}")
         latent = self._require_latent()
         device = self.enc_patch.weight.device
         zs, count = [], 0

@@ -15,6 +15,15 @@ codes early in training (the encoder output starts near zero, so every token rou
 - ``"batch"``: per register position and channel, standardize with batch statistics in training and
   running statistics in eval mode (tokens then depend only on the own token at inference, so prefix
   invariance and determinism hold in eval mode);
+- ``"renorm"``: batch renormalization (Ioffe 2017) per register position and channel. Training
+  normalizes with the running statistics in the forward pass, as eval mode does, so a sample's codes
+  never depend on the rest of its batch; the gradient flows through the batch statistics as in
+  ``"batch"``. With ``"batch"``, about half of a trained tiny tokenizer's ids change when the same image
+  sits in another batch of 64 (BENCHMARKS.md), so its decoder trains on noisy codes; ``"renorm"`` removes
+  that noise. Measured on the tiny recipe it does worse, though: the forward pass follows the lagging
+  running statistics, and the codes collapsed to 3-12 per batch for hundreds of steps (BENCHMARKS.md).
+  The running statistics start as a cumulative average (momentum ``max(momentum, 1/steps)``), so the
+  first step equals plain batch normalization;
 - ``"none"``: no normalization (the paper's setting).
 """
 
@@ -27,7 +36,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-QuantNorm = Literal["none", "layernorm", "rms", "batch"]
+QuantNorm = Literal["none", "layernorm", "rms", "batch", "renorm"]
+BATCH_NORMS = ("batch", "renorm")  # the modes with per-position running statistics
 
 
 def round_ste(x: torch.Tensor) -> torch.Tensor:
@@ -59,10 +69,10 @@ class FSQ(nn.Module):
         levels = [int(v) for v in levels]
         if not levels or any(v < 2 for v in levels):
             raise ValueError(f"FSQ levels must be a non-empty list of integers >= 2, got {levels}")
-        if norm not in ("none", "layernorm", "rms", "batch"):
-            raise ValueError(f"unknown FSQ norm {norm!r}; expected none, layernorm, rms or batch")
-        if norm == "batch" and (num_positions is None or num_positions < 1):
-            raise ValueError("FSQ norm='batch' needs num_positions (the number of register positions)")
+        if norm not in ("none", "layernorm", "rms", *BATCH_NORMS):
+            raise ValueError(f"unknown FSQ norm {norm!r}; expected none, layernorm, rms, batch or renorm")
+        if norm in BATCH_NORMS and (num_positions is None or num_positions < 1):
+            raise ValueError(f"FSQ norm={norm!r} needs num_positions (the number of register positions)")
         self.levels_list = levels
         self.norm = norm
         self.eps = eps
@@ -71,10 +81,12 @@ class FSQ(nn.Module):
         basis = torch.cumprod(torch.tensor([1] + levels[:-1], dtype=torch.long), dim=0)
         self.register_buffer("levels", lv, persistent=False)
         self.register_buffer("basis", basis, persistent=False)
-        if norm == "batch":
+        if norm in BATCH_NORMS:
             assert num_positions is not None
             self.register_buffer("running_mean", torch.zeros(num_positions, len(levels)))
             self.register_buffer("running_var", torch.ones(num_positions, len(levels)))
+        if norm == "renorm":
+            self.register_buffer("num_batches", torch.zeros((), dtype=torch.long))  # training batches seen
 
     @property
     def dim(self) -> int:
@@ -105,15 +117,25 @@ class FSQ(nn.Module):
         n = z.shape[1]
         if n > self.running_mean.shape[0]:
             raise ValueError(f"FSQ batch norm was built for {self.running_mean.shape[0]} positions, got {n}")
-        if self.training:
-            mean = z.mean(dim=0)  # (n, D)
-            var = z.var(dim=0, unbiased=False)  # (n, D)
-            with torch.no_grad():
-                self.running_mean[:n].lerp_(mean.detach(), self.momentum)
-                self.running_var[:n].lerp_(var.detach(), self.momentum)
-        else:
-            mean, var = self.running_mean[:n], self.running_var[:n]
-        return (z - mean) * torch.rsqrt(var + 1e-5)
+        if not self.training:
+            return (z - self.running_mean[:n]) * torch.rsqrt(self.running_var[:n] + 1e-5)
+        mean = z.mean(dim=0)  # (n, D)
+        var = z.var(dim=0, unbiased=False)  # (n, D)
+        momentum = self.momentum
+        if self.norm == "renorm":
+            self.num_batches += 1
+            momentum = max(momentum, 1.0 / float(self.num_batches))  # a cumulative average at first
+        with torch.no_grad():
+            self.running_mean[:n].lerp_(mean.detach(), momentum)
+            self.running_var[:n].lerp_(var.detach(), momentum)
+        normed = (z - mean) * torch.rsqrt(var + 1e-5)  # (B, n, D), batch statistics
+        if self.norm == "batch":
+            return normed
+        # batch renormalization: the forward value is the running-statistics one, the gradient is BN's
+        run_mean, run_var = self.running_mean[:n], self.running_var[:n]
+        r = torch.sqrt((var.detach() + 1e-5) / (run_var + 1e-5))  # (n, D)
+        d = (mean.detach() - run_mean) * torch.rsqrt(run_var + 1e-5)  # (n, D)
+        return normed * r + d
 
     @torch.no_grad()
     def calibrate(self, z: torch.Tensor) -> None:
@@ -126,8 +148,8 @@ class FSQ(nn.Module):
         Args:
             z: float ``(M, n, D)`` pre-quantization outputs of ``M`` samples for positions ``0..n-1``.
         """
-        if self.norm != "batch":
-            raise ValueError(f"calibrate() applies to norm='batch', this FSQ uses norm={self.norm!r}")
+        if self.norm not in BATCH_NORMS:
+            raise ValueError(f"calibrate() applies to norm='batch' or 'renorm', this FSQ uses norm={self.norm!r}")
         n = z.shape[1]
         if z.dim() != 3 or z.shape[2] != self.dim or n > self.running_mean.shape[0] or z.shape[0] < 2:
             raise ValueError(f"calibrate() needs (M >= 2, n <= {self.running_mean.shape[0]}, {self.dim}), "

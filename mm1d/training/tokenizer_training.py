@@ -27,6 +27,7 @@ from mm1d.config import (
 )
 from mm1d.data.shapes import make_batch
 from mm1d.tokenization import tokenizer_class
+from mm1d.tokenization.fsq import BATCH_NORMS
 from mm1d.tokenization.video_io import to_uint8, video_grid, write_video
 from mm1d.training.trainer import IndexedBatches, Trainer, TrainState, checkpoint_tag
 from mm1d.utils import print0, rank, safe_torch_load, world_size
@@ -146,8 +147,9 @@ def save_recon_grid(model: nn.Module, originals: torch.Tensor, budgets: list[int
 
 def calibrate_for_release(model: nn.Module, cfg: Any, kind: str) -> int:
     """Recompute ``model``'s FSQ batch-norm statistics on ``cfg.data.calibrate_batches`` batches that the run
-    does not train on (``quant_norm="batch"`` only). Returns the number of samples used (0: nothing to do)."""
-    if cfg.model.quant_norm != "batch" or cfg.data.calibrate_batches <= 0:
+    does not train on (``quant_norm`` "batch" or "renorm" only). Returns the number of samples used (0: nothing
+    to do)."""
+    if cfg.model.quant_norm not in BATCH_NORMS or cfg.data.calibrate_batches <= 0:
         return 0
     frames = cfg.data.shapes.frames if kind == "video" else 1
     calib = make_data(cfg.data, cfg.train, kind, cfg.model.image_size, frames, cfg.seed + 2)
