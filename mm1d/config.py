@@ -519,6 +519,7 @@ class VisualTokenizerConfig:
     # hidden width of MLP patch stems (encoder and decoder input) and of an MLP output head; 0: linear
     # ones, which see and emit only an enc_dim / dec_dim-dimensional subspace of each patch
     patch_mlp: int = 0
+    quant_renorm_warmup: int = 0  # quant_norm="renorm": training batches normalized with batch statistics first
     qk_norm: bool = True
     register_modulation: bool = True  # separate adaLN modulation for patches and registers
     # add a pooled summary of the kept registers (of each video time step) to the timestep embedding

@@ -116,6 +116,17 @@ def test_renorm_training_codes_ignore_the_batch_and_gradients_match_batch_norm()
     assert (ids_b[0] != ids_b[1]).float().mean() > 0.2
 
 
+def test_renorm_warmup_trains_with_batch_statistics_first() -> None:
+    """With renorm_warmup=W the first W training batches are normalized exactly as norm="batch" does."""
+    gen = torch.Generator().manual_seed(1)
+    warm = FSQ([8, 5, 5, 5], norm="renorm", num_positions=2, renorm_warmup=3)
+    batch = FSQ([8, 5, 5, 5], norm="batch", num_positions=2)
+    for step in range(1, 6):
+        z = torch.randn(8, 2, 4, generator=gen) * 2 + 0.5
+        same = torch.allclose(warm(z)[0], batch(z)[0], atol=1e-6)
+        assert same == (step <= 3)
+
+
 def test_bad_inputs() -> None:
     with pytest.raises(ValueError, match="levels"):
         FSQ([8, 1])

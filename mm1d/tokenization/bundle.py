@@ -88,7 +88,7 @@ class RegisterTokenizer(nn.Module):
         n = cfg.num_registers
         patch_dim = cfg.latent_channels * cfg.patch_size**2
         de, dd = cfg.enc_dim, cfg.dec_dim
-        self.fsq = FSQ(cfg.fsq_levels, norm=cfg.quant_norm, num_positions=n)
+        self.fsq = FSQ(cfg.fsq_levels, norm=cfg.quant_norm, num_positions=n, renorm_warmup=cfg.quant_renorm_warmup)
         # encoder
         self.enc_patch = PatchStem(patch_dim, de, cfg.patch_mlp)
         self.enc_registers = nn.Parameter(torch.empty(*register_sets, n, de))

@@ -53,7 +53,8 @@ class FSQ(nn.Module):
         norm: normalization applied to the input before bounding (see module docstring).
         num_positions: number of token positions (registers); required for ``norm="batch"``, whose
             statistics are kept per position.
-        momentum: running-statistics momentum for ``norm="batch"``.
+        momentum: running-statistics momentum for ``norm="batch"`` / ``"renorm"``.
+        renorm_warmup: ``norm="renorm"`` trains with plain batch statistics for this many batches first.
         eps: slack of the tanh bound, so rounding never hits the open interval's edge.
     """
 
@@ -64,6 +65,7 @@ class FSQ(nn.Module):
         num_positions: int | None = None,
         momentum: float = 0.01,
         eps: float = 1e-3,
+        renorm_warmup: int = 0,
     ) -> None:
         super().__init__()
         levels = [int(v) for v in levels]
@@ -77,6 +79,7 @@ class FSQ(nn.Module):
         self.norm = norm
         self.eps = eps
         self.momentum = momentum
+        self.renorm_warmup = renorm_warmup
         lv = torch.tensor(levels, dtype=torch.long)
         basis = torch.cumprod(torch.tensor([1] + levels[:-1], dtype=torch.long), dim=0)
         self.register_buffer("levels", lv, persistent=False)
@@ -129,7 +132,7 @@ class FSQ(nn.Module):
             self.running_mean[:n].lerp_(mean.detach(), momentum)
             self.running_var[:n].lerp_(var.detach(), momentum)
         normed = (z - mean) * torch.rsqrt(var + 1e-5)  # (B, n, D), batch statistics
-        if self.norm == "batch":
+        if self.norm == "batch" or int(self.num_batches) <= self.renorm_warmup:
             return normed
         # batch renormalization: the forward value is the running-statistics one, the gradient is BN's
         run_mean, run_var = self.running_mean[:n], self.running_var[:n]
