@@ -21,7 +21,8 @@ codes early in training (the encoder output starts near zero, so every token rou
   ``"batch"``. With ``"batch"``, about half of a trained tiny tokenizer's ids change when the same image
   sits in another batch of 64 (BENCHMARKS.md), so its decoder trains on noisy codes; ``"renorm"`` removes
   that noise. Measured on the tiny recipe it does worse, though: the forward pass follows the lagging
-  running statistics, and the codes collapsed to 3-12 per batch for hundreds of steps (BENCHMARKS.md).
+  running statistics, and the codes collapsed to 3-12 per batch for hundreds of steps, also when
+  renormalization starts only after a warm-up of 500 or 1,000 steps (BENCHMARKS.md).
   The running statistics start as a cumulative average (momentum ``max(momentum, 1/steps)``), so the
   first step equals plain batch normalization;
 - ``"none"``: no normalization (the paper's setting).
