@@ -52,8 +52,8 @@ class FSQ(nn.Module):
     Args:
         levels: number of values per channel, e.g. ``[8, 5, 5, 5]`` (1000 codes).
         norm: normalization applied to the input before bounding (see module docstring).
-        num_positions: number of token positions (registers); required for ``norm="batch"``, whose
-            statistics are kept per position.
+        num_positions: number of token positions (registers); required for ``norm`` "batch" and
+            "renorm", whose statistics are kept per position.
         momentum: running-statistics momentum for ``norm="batch"`` / ``"renorm"``.
         renorm_warmup: ``norm="renorm"`` trains with plain batch statistics for this many batches first.
         eps: slack of the tanh bound, so rounding never hits the open interval's edge.
@@ -125,15 +125,16 @@ class FSQ(nn.Module):
             return (z - self.running_mean[:n]) * torch.rsqrt(self.running_var[:n] + 1e-5)
         mean = z.mean(dim=0)  # (n, D)
         var = z.var(dim=0, unbiased=False)  # (n, D)
-        momentum = self.momentum
+        momentum, seen = self.momentum, 0
         if self.norm == "renorm":
             self.num_batches += 1
-            momentum = max(momentum, 1.0 / float(self.num_batches))  # a cumulative average at first
+            seen = int(self.num_batches)  # the one host read of the counter per step
+            momentum = max(momentum, 1.0 / seen)  # a cumulative average at first
         with torch.no_grad():
             self.running_mean[:n].lerp_(mean.detach(), momentum)
             self.running_var[:n].lerp_(var.detach(), momentum)
         normed = (z - mean) * torch.rsqrt(var + 1e-5)  # (B, n, D), batch statistics
-        if self.norm == "batch" or int(self.num_batches) <= self.renorm_warmup:
+        if self.norm == "batch" or seen <= self.renorm_warmup:
             return normed
         # batch renormalization: the forward value is the running-statistics one, the gradient is BN's
         run_mean, run_var = self.running_mean[:n], self.running_var[:n]
