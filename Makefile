@@ -19,10 +19,14 @@ lint: setup
 	.venv/bin/ruff check .
 
 # Reproduce the shipped tiny tokenizers from scratch, then pack them into mm1d/assets/. One after the other on
-# the 2-core CPU: the image tokenizer on both cores (about 55 min), then the video tokenizer (about 54 min on
-# one core; its recipe uses one thread).
+# the 2-core CPU: the image tokenizer on both cores (about 55 min), its decoder tuned on the frozen codes
+# (stage 2, about 31 min), then the video tokenizer (about 54 min on one core) and its decoder stage.
 tokenizers: setup
 	$(PY) tokenizers/train_flextok.py --config configs/tokenizer/flextok_tiny.yaml out_dir=$(RUN)/flextok
+	$(PY) tokenizers/train_flextok.py --config configs/tokenizer/flextok_tiny_decoder.yaml \
+		init_from=$(RUN)/flextok/bundle out_dir=$(RUN)/flextok_decoder
 	$(PY) tokenizers/train_videoflextok.py --config configs/tokenizer/videoflextok_tiny.yaml out_dir=$(RUN)/videoflextok
-	$(PY) scripts/pack_asset.py $(RUN)/flextok/bundle flextok-shapes-tiny
-	$(PY) scripts/pack_asset.py $(RUN)/videoflextok/bundle videoflextok-shapes-tiny
+	$(PY) tokenizers/train_videoflextok.py --config configs/tokenizer/videoflextok_tiny_decoder.yaml \
+		init_from=$(RUN)/videoflextok/bundle out_dir=$(RUN)/videoflextok_decoder
+	$(PY) scripts/pack_asset.py $(RUN)/flextok_decoder/bundle flextok-shapes-tiny
+	$(PY) scripts/pack_asset.py $(RUN)/videoflextok_decoder/bundle videoflextok-shapes-tiny

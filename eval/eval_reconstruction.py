@@ -25,16 +25,7 @@ import json
 
 from mm1d.config import ReconEvalConfig
 from mm1d.evaluation.reconstruction import run_reconstruction_eval
-
-
-def _ints(text: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from e
-    if not values:
-        raise argparse.ArgumentTypeError("expected at least one integer")
-    return values
+from mm1d.utils import comma_ints
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -45,8 +36,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--data", required=True, help="ShapesWorld split folder (or a folder with metadata.jsonl)")
     p.add_argument("--out", required=True, help="output folder (results.json, plot, grids)")
     p.add_argument("--modality", choices=("image", "video"), default=d.modality)
-    p.add_argument("--budgets", type=_ints, default=d.budgets, help="comma-separated k values")
-    p.add_argument("--seeds", type=_ints, default=d.seeds, help="comma-separated decoder seeds")
+    p.add_argument("--budgets", type=comma_ints, default=d.budgets, help="comma-separated k values")
+    p.add_argument("--seeds", type=comma_ints, default=d.seeds, help="comma-separated decoder seeds")
     p.add_argument("--perturb", type=float, default=d.perturb, help="share of tokens replaced at random (0: skip)")
     p.add_argument("--steps", type=int, default=d.steps, help="decoder Euler steps (0: tokenizer default)")
     p.add_argument("--guidance", type=float, default=d.guidance_scale, help="decoder CFG scale (0: default)")

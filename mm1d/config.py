@@ -599,6 +599,11 @@ class TrainTokenizerConfig:
 
     out_dir: str = "runs/tokenizer"
     seed: int = 0
+    # start from the weights of a bundle (a directory or "asset:NAME"); the model section must describe
+    # the same architecture
+    init_from: str = ""
+    # train the decoder only, on the fixed codes of init_from's encoder (token ids stay identical)
+    freeze_encoder: bool = False
     data: TokenizerDataConfig = field(default_factory=TokenizerDataConfig)
     samples: SampleGridConfig = field(default_factory=SampleGridConfig)
     train: TrainConfig = field(default_factory=TrainConfig)

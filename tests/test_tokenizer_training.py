@@ -66,3 +66,43 @@ def test_recipe_trains_and_releases_a_calibrated_bundle(kind: str, tmp_path: Pat
     assert not torch.equal(mid.fsq.running_mean, state["fsq.running_mean"])  # recomputed, not the lagging one
     with pytest.raises(FileNotFoundError, match="no checkpoint step00000007"):
         load_tokenizer(f"{out}@7", kind)
+
+
+@pytest.mark.parametrize("kind", ["image", "video"])
+def test_decoder_finetune_keeps_the_token_ids(kind: str, tmp_path: Path) -> None:
+    """init_from + freeze_encoder: only the decoder moves, the FSQ statistics stay, and the released bundle
+    gives exactly the ids of the bundle it started from (pretokenized data stays valid)."""
+    extra = ["model.num_registers=4", "model.image_size=16", "data.shapes.size=16"]
+    if kind == "video":
+        extra += ["model.chunk_frames=5", "data.shapes.frames=5"]
+    _train(kind, tmp_path / "base", 2, extra)
+    base = tokenizer_class(kind).from_pretrained(tmp_path / "base" / "bundle")
+    cfg = _train(kind, tmp_path / "ft", 3, [*extra, f"init_from={tmp_path / 'base' / 'bundle'}",
+                                            "freeze_encoder=true", "optim.lr=1e-2"])
+    ft = tokenizer_class(kind).from_pretrained(tmp_path / "ft" / "bundle")
+    frames = cfg.data.shapes.frames if kind == "video" else 1
+    x = next(iter(make_data(cfg.data, cfg.train, kind, 16, frames, 99)))
+    assert torch.equal(ft.tokenize(x), base.tokenize(x))
+    b_sd, f_sd = base.state_dict(), ft.state_dict()
+    enc = [n for n in b_sd if n.startswith(base.ENCODER_PREFIXES)]
+    dec = [n for n in b_sd if n.startswith("dec_")]
+    assert enc and dec
+    assert [n for n in enc if not torch.equal(b_sd[n], f_sd[n])] == []  # encoder, registers and FSQ statistics
+    assert sum(not torch.equal(b_sd[n], f_sd[n]) for n in dec) > len(dec) // 2  # the decoder trained
+
+    # a frozen model keeps its quantizer in eval mode: training codes do not depend on the batch
+    frozen = set(ft.freeze_encoder())
+    assert frozen and frozen <= set(enc)
+    assert all(p.requires_grad == (n not in frozen) for n, p in ft.named_parameters())
+    ft.train()
+    assert ft.training and not ft.fsq.training
+    lat = ft.latent.encode(x)
+    assert torch.equal(ft.quantize(lat)[1][:2], ft.quantize(lat[:2])[1])
+
+    with pytest.raises(ValueError, match="freeze_encoder=true needs init_from"):
+        _train(kind, tmp_path / "bad", 1, [*extra, "freeze_encoder=true"])
+    with pytest.raises(ValueError, match="do not fit this run's model section"):
+        _train(kind, tmp_path / "bad2", 1, [*extra, f"init_from={tmp_path / 'base' / 'bundle'}",
+                                             "model.dec_dim=64"])
+    with pytest.raises(FileNotFoundError, match="missing config.json"):
+        _train(kind, tmp_path / "bad3", 1, [*extra, f"init_from={tmp_path / 'nowhere'}", "freeze_encoder=true"])

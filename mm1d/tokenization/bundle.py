@@ -53,8 +53,13 @@ class RegisterTokenizer(nn.Module):
     CONFIG_CLASS: ClassVar[type]
     BUNDLE_FORMAT: ClassVar[str]
 
+    # parameters that belong to the encoder side (the learned registers, the encoder and the quantizer):
+    # what freeze_encoder() freezes, so the token ids stay those of the weights it started from
+    ENCODER_PREFIXES: ClassVar[tuple[str, ...]] = ("enc_", "fsq.")
+
     cfg: Any
     latent: nn.Module | None
+    encoder_frozen: bool
 
     # ---- construction -------------------------------------------------------------------------------
     @classmethod
@@ -88,6 +93,7 @@ class RegisterTokenizer(nn.Module):
         n = cfg.num_registers
         patch_dim = cfg.latent_channels * cfg.patch_size**2
         de, dd = cfg.enc_dim, cfg.dec_dim
+        self.encoder_frozen = False
         self.fsq = FSQ(cfg.fsq_levels, norm=cfg.quant_norm, num_positions=n, renorm_warmup=cfg.quant_renorm_warmup)
         # encoder
         self.enc_patch = PatchStem(patch_dim, de, cfg.patch_mlp)
@@ -128,6 +134,33 @@ class RegisterTokenizer(nn.Module):
         if self.summary is not None:
             nn.init.zeros_(self.summary[-1].weight)
             nn.init.zeros_(self.summary[-1].bias)
+
+    # ---- decoder fine-tuning on fixed codes -----------------------------------------------------------
+    def freeze_encoder(self) -> list[str]:
+        """Freeze the encoder and the quantizer, so that training updates only the decoder.
+
+        The quantizer then stays in eval mode even in ``train()``: every image gets its released
+        (deterministic) codes, and the FSQ statistics no longer move. Token ids of the frozen model are
+        exactly those of the weights it started from, so data pretokenized with them stays valid. With
+        ``quant_norm="batch"`` this also removes the batch dependence of the training codes.
+
+        Returns:
+            the names of the parameters frozen.
+        """
+        frozen = [name for name, p in self.named_parameters() if name.startswith(self.ENCODER_PREFIXES)]
+        params = dict(self.named_parameters())
+        for name in frozen:
+            params[name].requires_grad_(False)
+        self.encoder_frozen = True
+        self.fsq.eval()
+        return frozen
+
+    def train(self, mode: bool = True) -> Self:
+        """``nn.Module.train``, except that a frozen encoder's quantizer stays in eval mode."""
+        super().train(mode)
+        if self.encoder_frozen:
+            self.fsq.eval()
+        return self
 
     @property
     def codebook_size(self) -> int:

@@ -186,6 +186,31 @@ def load_run_checkpoint(run_dir: str | Path, kind: str, step: int | None = None)
     return model.eval()
 
 
+def init_from_bundle(model: nn.Module, ref: str, probe: torch.Tensor, frozen: bool) -> None:
+    """Load a bundle's weights into ``model`` (built from the run's config), in place.
+
+    Args:
+        model: the FlexTok / VideoFlexTok to initialize.
+        ref: a bundle directory or ``asset:NAME``.
+        probe: a few images or videos in [-1, 1]; with ``frozen``, they must get the bundle's ids exactly.
+        frozen: the run freezes the encoder (its ids are then promised to equal the bundle's).
+
+    Raises:
+        FileNotFoundError: the bundle does not exist.
+        ValueError: its weights or its codes do not fit the run's model section.
+    """
+    from mm1d.checkpoint import resolve_asset
+
+    source = type(model).from_pretrained(resolve_asset(ref))
+    try:
+        model.load_state_dict(source.state_dict())
+    except RuntimeError as e:
+        raise ValueError(f"init_from={ref}: its weights do not fit this run's model section ({e})") from e
+    if frozen and not torch.equal(model.tokenize(probe), source.tokenize(probe)):
+        raise ValueError(f"init_from={ref}: this run's model section gives different token ids than the bundle's "
+                         "own config; with freeze_encoder the encoder fields and quant_norm must match it")
+
+
 def run_tokenizer_training(cfg: Any, kind: str) -> TrainState:
     """Train a FlexTok (``kind="image"``) or VideoFlexTok (``kind="video"``) described by ``cfg``.
 
@@ -201,11 +226,19 @@ def run_tokenizer_training(cfg: Any, kind: str) -> TrainState:
     torch.manual_seed(cfg.seed)
     model = Model(cfg.model)
     size = cfg.model.image_size
+    val = make_batch(cfg.seed + 1, 0, cfg.data.val_samples, "val", size=size, kind=kind, cfg=cfg.data.shapes,
+                     frames=frames if kind == "video" else None).pixels
+    if cfg.freeze_encoder and not cfg.init_from:
+        raise ValueError("freeze_encoder=true needs init_from (a bundle whose encoder the decoder is tuned to)")
+    if cfg.init_from:
+        init_from_bundle(model, cfg.init_from, val, cfg.freeze_encoder)
+        print0(f"initialized from {cfg.init_from}")
+    if cfg.freeze_encoder:
+        frozen = model.freeze_encoder()
+        print0(f"encoder frozen ({len(frozen)} tensors): only the decoder trains, on the bundle's codes")
     n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     print0(f"{Model.__name__}: {n_params / 1e6:.2f}M trainable parameters")
     data = make_data(cfg.data, cfg.train, kind, size, frames, cfg.seed)
-    val = make_batch(cfg.seed + 1, 0, cfg.data.val_samples, "val", size=size, kind=kind, cfg=cfg.data.shapes,
-                     frames=frames if kind == "video" else None).pixels
     budgets = budgets_up_to(cfg.model.num_registers)
     out_dir = Path(cfg.out_dir)
 
@@ -225,7 +258,7 @@ def run_tokenizer_training(cfg: Any, kind: str) -> TrainState:
     def bundle_fn(weights: dict[str, torch.Tensor], path: Path) -> None:
         fresh = Model(cfg.model)
         fresh.load_state_dict(weights)
-        n = calibrate_for_release(fresh, cfg, kind)
+        n = 0 if cfg.freeze_encoder else calibrate_for_release(fresh, cfg, kind)  # frozen: keep the ids
         if n:
             print0(f"FSQ statistics recomputed on {n} samples with the released weights")
         fresh.save_pretrained(path)

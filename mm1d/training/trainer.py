@@ -201,6 +201,8 @@ class Trainer:
         # Warm the decay up, so that early in a run the average is not dominated by the random init.
         d = min(self.train_cfg.ema_decay, (1 + self.state.step) / (10 + self.state.step))
         for n, p in self.engine.module.named_parameters():
+            if not p.requires_grad:  # frozen: the average is the value itself (no rounding drift)
+                continue
             e = self.ema[n]
             if e.device != p.device:
                 self.ema[n] = e = e.to(p.device)

@@ -1,0 +1,77 @@
+"""The token probe (mm1d.evaluation.probe, eval/probe_tokens.py): an oracle tokenizer whose tokens spell out
+the attributes is read perfectly, a constant tokenizer no better than the commonest class."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from mm1d.data.shapes import COLOURS, POSITIONS, SHAPES, SIZES
+from mm1d.evaluation.judge import judge_image
+from mm1d.evaluation.probe import run_probe, single_object_samples
+from mm1d.tokenization.fsq import FSQ
+
+
+class OracleTokenizer:
+    """Two tokens per image that encode the judged attributes of its first object (or constant ones)."""
+
+    num_registers = 2
+    cfg = SimpleNamespace(image_size=32)
+
+    def __init__(self, constant: bool = False) -> None:
+        self.fsq = FSQ([8, 5, 5, 5])
+        self.constant = constant
+
+    def tokenize(self, x: torch.Tensor, k: int | None = None) -> torch.Tensor:
+        rows = []
+        for img in x:
+            o = judge_image(img)["objects"][0]
+            a = SHAPES.index(o["shape"]) * len(COLOURS) + list(COLOURS).index(o["colour"])
+            b = SIZES.index(o["size"]) * len(POSITIONS) + POSITIONS.index(o["position"])
+            rows.append([0, 0] if self.constant else [a, b])
+        return torch.tensor(rows)[:, : k or 2]
+
+
+def test_single_object_labels_match_the_rendering() -> None:
+    x, y = single_object_samples(3, 64, "val", "image", 32)
+    assert 0 < len(y) < 64 and x.shape == (len(y), 3, 32, 32)
+    for img, lab in zip(x[:8], y[:8]):
+        o = judge_image(img)["objects"]
+        assert len(o) == 1 and SHAPES.index(o[0]["shape"]) == lab[0] and SIZES.index(o[0]["size"]) == lab[2]
+
+
+def test_probe_reads_an_oracle_and_not_a_constant(tmp_path: Path) -> None:
+    kw = dict(num_train=1200, num_val=300, epochs=60, hidden=128, lr=1e-2, progress=False)
+    good = run_probe(OracleTokenizer(), "image", [1, 2], **kw)["metrics"]
+    assert good["2"]["all"] >= 0.95
+    assert good["1"]["shape"] >= 0.95 and good["1"]["colour"] >= 0.95  # token 1 holds shape and colour
+    assert good["1"]["position"] < 0.6  # ... and not the position, which token 2 adds
+    bad = run_probe(OracleTokenizer(constant=True), "image", [2], **kw)["metrics"]["2"]
+    assert bad["shape"] < 0.4 and bad["colour"] < 0.25 and bad["all"] < 0.05
+    with pytest.raises(ValueError, match="outside"):
+        run_probe(OracleTokenizer(), "image", [3], **kw)
+    with pytest.raises(ValueError, match="kind"):
+        run_probe(OracleTokenizer(), "audio", [1], **kw)
+
+
+def test_cli_writes_results(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    out = tmp_path / "probe"
+    args = ["--tokenizer", "mm1d/assets/flextok-shapes-tiny", "--budgets", "1,2", "--num-train", "200",
+            "--num-val", "64", "--epochs", "2", "--out", str(out), "--no-progress"]
+    r = subprocess.run([sys.executable, str(repo / "eval/probe_tokens.py"), *args], capture_output=True, text=True,
+                       cwd=repo)
+    assert r.returncode == 0, r.stderr
+    res = json.loads((out / "results.json").read_text())
+    assert res["budgets"] == [1, 2] and 0.0 <= res["metrics"]["2"]["probe/all"] <= 1.0
+    assert (out / "probe_vs_k.png").stat().st_size > 0
+    r = subprocess.run([sys.executable, str(repo / "eval/probe_tokens.py"), "--tokenizer", str(tmp_path / "none"),
+                        "--out", str(out)], capture_output=True, text=True, cwd=repo)
+    assert r.returncode == 2 and "missing config.json" in r.stderr
