@@ -75,3 +75,19 @@ def test_cli_writes_results(tmp_path: Path) -> None:
     r = subprocess.run([sys.executable, str(repo / "eval/probe_tokens.py"), "--tokenizer", str(tmp_path / "none"),
                         "--out", str(out)], capture_output=True, text=True, cwd=repo)
     assert r.returncode == 2 and "missing config.json" in r.stderr
+
+
+def test_video_probe_reads_the_shipped_videoflextok() -> None:
+    """The video path: (B, T, k) ids become T * k * D features, and motion is among the attributes."""
+    from mm1d.evaluation.probe import token_features
+    from mm1d.tokenization.videoflextok import VideoFlexTok
+
+    tok = VideoFlexTok.from_pretrained(Path(__file__).resolve().parents[1] / "mm1d/assets/videoflextok-shapes-tiny")
+    x, y = single_object_samples(1, 4, "val", "video", 32, frames=tok.cfg.chunk_frames)
+    assert x.shape[0] == 4 and y.shape == (4, 4)  # every video has one object
+    feats = token_features(tok, x, 2)
+    steps = tok.tokenize(x[:1]).shape[1]
+    assert feats.shape == (4, steps * 2 * tok.fsq.dim)
+    res = run_probe(tok, "video", [1], num_train=8, num_val=4, epochs=1, hidden=8, progress=False)
+    assert res["attributes"] == ["shape", "colour", "size", "motion"]
+    assert set(res["metrics"]["1"]) == {"shape", "colour", "size", "motion", "all"}

@@ -147,10 +147,11 @@ class RegisterTokenizer(nn.Module):
         Returns:
             the names of the parameters frozen.
         """
-        frozen = [name for name, p in self.named_parameters() if name.startswith(self.ENCODER_PREFIXES)]
-        params = dict(self.named_parameters())
-        for name in frozen:
-            params[name].requires_grad_(False)
+        frozen = []
+        for name, p in self.named_parameters():
+            if name.startswith(self.ENCODER_PREFIXES):
+                p.requires_grad_(False)
+                frozen.append(name)
         self.encoder_frozen = True
         self.fsq.eval()
         return frozen
