@@ -78,11 +78,13 @@ def test_decoder_finetune_keeps_the_token_ids(kind: str, tmp_path: Path) -> None
     _train(kind, tmp_path / "base", 2, extra)
     base = tokenizer_class(kind).from_pretrained(tmp_path / "base" / "bundle")
     cfg = _train(kind, tmp_path / "ft", 3, [*extra, f"init_from={tmp_path / 'base' / 'bundle'}",
-                                            "freeze_encoder=true", "optim.lr=1e-2"])
+                                            "freeze_encoder=true", "optim.lr=1e-2", "seed=1"])
     ft = tokenizer_class(kind).from_pretrained(tmp_path / "ft" / "bundle")
     frames = cfg.data.shapes.frames if kind == "video" else 1
     x = next(iter(make_data(cfg.data, cfg.train, kind, 16, frames, 99)))
     assert torch.equal(ft.tokenize(x), base.tokenize(x))
+    mid = load_tokenizer(f"{tmp_path / 'ft'}@2", kind)  # RUN@STEP is not recalibrated either
+    assert torch.equal(mid.fsq.running_var, base.fsq.running_var) and torch.equal(mid.tokenize(x), base.tokenize(x))
     b_sd, f_sd = base.state_dict(), ft.state_dict()
     enc = [n for n in b_sd if n.startswith(base.ENCODER_PREFIXES)]
     dec = [n for n in b_sd if n.startswith("dec_")]

@@ -147,10 +147,10 @@ def save_recon_grid(model: nn.Module, originals: torch.Tensor, budgets: list[int
 
 def calibrate_for_release(model: nn.Module, cfg: Any, kind: str) -> int:
     """Recompute ``model``'s FSQ batch-norm statistics on ``cfg.data.calibrate_batches`` batches that the run
-    does not train on (``quant_norm`` "batch" or "renorm" only). Returns the number of samples used (0: nothing
-    to do)."""
-    if cfg.model.quant_norm not in BATCH_NORMS or cfg.data.calibrate_batches <= 0:
-        return 0
+    does not train on (``quant_norm`` "batch" or "renorm" only, and not for a ``freeze_encoder`` run). Returns
+    the number of samples used (0: nothing to do)."""
+    if cfg.model.quant_norm not in BATCH_NORMS or cfg.data.calibrate_batches <= 0 or cfg.freeze_encoder:
+        return 0  # (a frozen encoder keeps init_from's statistics, so its ids stay those of the bundle)
     frames = cfg.data.shapes.frames if kind == "video" else 1
     calib = make_data(cfg.data, cfg.train, kind, cfg.model.image_size, frames, cfg.seed + 2)
     return model.calibrate_quantizer(itertools.islice(iter(calib), cfg.data.calibrate_batches))
@@ -258,7 +258,7 @@ def run_tokenizer_training(cfg: Any, kind: str) -> TrainState:
     def bundle_fn(weights: dict[str, torch.Tensor], path: Path) -> None:
         fresh = Model(cfg.model)
         fresh.load_state_dict(weights)
-        n = 0 if cfg.freeze_encoder else calibrate_for_release(fresh, cfg, kind)  # frozen: keep the ids
+        n = calibrate_for_release(fresh, cfg, kind)
         if n:
             print0(f"FSQ statistics recomputed on {n} samples with the released weights")
         fresh.save_pretrained(path)
