@@ -481,6 +481,9 @@ class PretrainConfig:
     eval_data: list[str] = field(default_factory=list)  # shard directories for the periodic eval loss
     eval_batches: int = 4
     z_loss: float = 0.0  # weight of mean(logsumexp^2)
+    # learn one vector per FSQ digit value and add it to every visual code's embedding and head row
+    # (mm1d.model.code_factors; levels from the tokenizer bundles). Folded away in the release bundle.
+    code_factors: bool = False
     train: TrainConfig = field(default_factory=TrainConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)

@@ -171,3 +171,29 @@ def test_clear_errors(assets: dict, tmp_path: Path) -> None:
     assert python_run(overrides(assets, out, 3)).returncode == 0
     r = python_run(overrides(assets, out, 6, **{"model.d_model": "96"}))
     assert r.returncode != 0 and "another shape" in r.stderr
+
+
+def test_code_factors_train_and_fold_into_a_plain_bundle(assets: dict, tmp_path: Path) -> None:
+    """code_factors=true trains factored visual rows; the bundle holds the folded plain weights, which give the
+    trained (factored) model's logits exactly."""
+    from mm1d.checkpoint import load_release_bundle
+    from mm1d.config import PretrainConfig, load_config
+    from mm1d.training.pretraining import build_model
+    from mm1d.utils import safe_torch_load
+
+    args = overrides(assets, tmp_path, 4, code_factors="true", **{"train.save_every": "0"})
+    r = python_run(args)
+    assert r.returncode == 0, r.stderr[-3000:]
+    cfg = load_config(CONFIG, args, PretrainConfig)
+    model, vocab = build_model(cfg)
+    state = safe_torch_load(tmp_path / "checkpoints" / "step00000004" / "state.pt")["model"]
+    model.load_state_dict(state)
+    factors = state["model.embed_tokens.parametrizations.weight.0.factors"]
+    assert factors.abs().max() > 0  # the factors trained
+    bundle = load_release_bundle(tmp_path / "bundle")  # strict: plain Llama names only
+    ids = torch.randint(0, vocab.size, (2, 24), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.allclose(bundle.model(ids), model.eval()(ids), atol=1e-5)
+    with pytest.raises(ValueError, match="ZeRO-3"):
+        build_model(load_config(CONFIG, overrides(assets, tmp_path, 1, code_factors="true",
+                                                  **{"engine.zero_stage": "3"}), PretrainConfig))

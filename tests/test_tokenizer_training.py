@@ -5,6 +5,7 @@ written with FSQ statistics recomputed under the released weights, and the recon
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ import torch
 from mm1d.config import TrainFlexTokConfig, TrainVideoFlexTokConfig, load_config
 from mm1d.evaluation.reconstruction import load_tokenizer
 from mm1d.tokenization import tokenizer_class
-from mm1d.training.tokenizer_training import make_data, run_tokenizer_training
+from mm1d.training.tokenizer_training import init_from_bundle, make_data, run_tokenizer_training
 from mm1d.utils import safe_torch_load
 
 REPO = Path(__file__).resolve().parents[1]
@@ -100,6 +101,17 @@ def test_decoder_finetune_keeps_the_token_ids(kind: str, tmp_path: Path) -> None
     assert ft.training and not ft.fsq.training
     lat = ft.latent.encode(x)
     assert torch.equal(ft.quantize(lat)[1][:2], ft.quantize(lat[:2])[1])
+
+    # a deeper decoder grows from the bundle: the new adaLN-zero blocks start as identities, so the grown
+    # model reconstructs exactly as the bundle does before any training
+    grown = tokenizer_class(kind)(replace(base.cfg, dec_depth=base.cfg.dec_depth + 2)).eval()
+    init_from_bundle(grown, str(tmp_path / "base" / "bundle"), x, frozen=True)
+    assert len(grown.dec_blocks) == len(base.dec_blocks) + 2
+    k = base.num_registers
+    assert torch.equal(grown.autoencode(x, k), base.autoencode(x, k))
+    grown.save_pretrained(tmp_path / "grown")
+    with pytest.raises(ValueError, match="do not fit this run's model section"):  # shrinking is refused
+        init_from_bundle(tokenizer_class(kind)(base.cfg), str(tmp_path / "grown"), x, frozen=True)
 
     with pytest.raises(ValueError, match="freeze_encoder=true needs init_from"):
         _train(kind, tmp_path / "bad", 1, [*extra, "freeze_encoder=true"])

@@ -41,6 +41,16 @@ QuantNorm = Literal["none", "layernorm", "rms", "batch", "renorm"]
 BATCH_NORMS = ("batch", "renorm")  # the modes with per-position running statistics
 
 
+def ids_to_digits(ids: torch.Tensor, levels: list[int] | tuple[int, ...]) -> torch.Tensor:
+    """The mixed-radix digits of FSQ ids: ``ids`` ``(...)`` -> ``(..., D)`` long, digit d in ``[0, levels[d])``.
+
+    The first level is the least significant (``id = sum_d digit_d * prod(levels[:d])``), the convention
+    of ``FSQ.codes_to_indices``.
+    """
+    basis = torch.cumprod(torch.tensor([1, *levels[:-1]], dtype=torch.long, device=ids.device), dim=0)
+    return (ids.long().unsqueeze(-1) // basis) % torch.tensor(list(levels), dtype=torch.long, device=ids.device)
+
+
 def round_ste(x: torch.Tensor) -> torch.Tensor:
     """Round to the nearest integer in the forward pass; identity gradient in the backward pass."""
     return x + (torch.round(x) - x).detach()
@@ -203,7 +213,7 @@ class FSQ(nn.Module):
             ValueError: if any id lies outside ``[0, codebook_size)``.
         """
         self.check_ids(ids)
-        digits = (ids.long().unsqueeze(-1) // self.basis) % self.levels  # (..., D)
+        digits = ids_to_digits(ids, self.levels_list)  # (..., D)
         half_width = (self.levels // 2).float()
         return (digits.float() - half_width) / half_width
 

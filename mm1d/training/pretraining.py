@@ -18,10 +18,48 @@ from mm1d.checkpoint import resolve_asset, save_release_bundle
 from mm1d.config import PretrainConfig, to_dict
 from mm1d.data.packing import PackedBatch
 from mm1d.modality import Vocab
+from mm1d.model.code_factors import attach_code_factors, digit_matrix, fold_code_factors, has_code_factors
 from mm1d.model.transformer import Transformer
 from mm1d.tokenization.text import text_model_path
 from mm1d.training.trainer import Trainer, TrainState
 from mm1d.utils import print0, rank, world_size
+
+
+def _tokenizer_config(cfg: PretrainConfig, name: str) -> dict[str, Any] | None:
+    """The model config of the ``image`` / ``video`` tokenizer bundle (None when none is configured)."""
+    path = getattr(cfg.tokenizers, name)
+    if not path:
+        return None
+    conf = resolve_asset(path) / "config.json"
+    if not conf.is_file():
+        script = "train_flextok.py" if name == "image" else "train_videoflextok.py"
+        raise FileNotFoundError(
+            f"{name} tokenizer bundle not found: {conf} is missing. Use the shipped one under mm1d/assets/ "
+            f"or train one with `python tokenizers/{script} --config configs/tokenizer/...`"
+        )
+    meta = json.loads(conf.read_text())
+    return meta.get("config", meta)
+
+
+def code_digits(cfg: PretrainConfig, vocab: Vocab) -> torch.Tensor:
+    """The ``(V, S)`` digit matrix of ``cfg.code_factors``, from the FSQ levels of the tokenizer bundles.
+
+    Raises:
+        ValueError: no visual tokenizer is configured, or a bundle does not record its FSQ levels.
+    """
+    levels = {}
+    for name in ("image", "video"):
+        model = _tokenizer_config(cfg, name)
+        if model is None:
+            continue
+        if not model.get("fsq_levels"):
+            raise ValueError(f"code_factors: the {name} tokenizer bundle {getattr(cfg.tokenizers, name)} "
+                             "records no fsq_levels")
+        levels[name] = model["fsq_levels"]
+    if not levels:
+        raise ValueError("code_factors needs the FSQ levels of an image or video tokenizer: set "
+                         "tokenizers.image and/or tokenizers.video")
+    return digit_matrix(vocab, levels)
 
 
 def check_tokenizers(cfg: PretrainConfig, vocab: Vocab) -> None:
@@ -38,18 +76,9 @@ def check_tokenizers(cfg: PretrainConfig, vocab: Vocab) -> None:
         if sp.get_piece_size() > vocab.text_size:
             raise ValueError(f"text tokenizer has {sp.get_piece_size()} pieces > vocab.text_size {vocab.text_size}")
     for name, codebook in (("image", vocab.image_codebook), ("video", vocab.video_codebook)):
-        path = getattr(cfg.tokenizers, name)
-        if not path:
+        model = _tokenizer_config(cfg, name)
+        if model is None:
             continue
-        conf = resolve_asset(path) / "config.json"
-        if not conf.is_file():
-            script = "train_flextok.py" if name == "image" else "train_videoflextok.py"
-            raise FileNotFoundError(
-                f"{name} tokenizer bundle not found: {conf} is missing. Use the shipped one under mm1d/assets/ "
-                f"or train one with `python tokenizers/{script} --config configs/tokenizer/...`"
-            )
-        meta = json.loads(conf.read_text())
-        model = meta.get("config", meta)
         levels = model.get("fsq_levels")
         if levels is not None:
             size = int(torch.tensor(levels).prod())
@@ -144,8 +173,15 @@ def make_sample_fn(cfg: PretrainConfig, vocab: Vocab) -> Callable[[nn.Module, in
 
 
 def build_model(cfg: PretrainConfig) -> tuple[Transformer, Vocab]:
+    """The model to train and its vocabulary; with ``cfg.code_factors`` the visual rows are factorized."""
     vocab = Vocab.from_config(cfg.vocab)
-    return Transformer(cfg.model, vocab.size), vocab
+    model = Transformer(cfg.model, vocab.size)
+    if cfg.code_factors:
+        if cfg.engine.zero_stage == 3:
+            raise ValueError("code_factors is not supported with ZeRO-3 (partitioned parametrized weights); "
+                             "use engine.zero_stage <= 2 or code_factors: false")
+        attach_code_factors(model, code_digits(cfg, vocab))
+    return model, vocab
 
 
 def run_pretraining(cfg: PretrainConfig) -> TrainState:
@@ -176,6 +212,8 @@ def run_pretraining(cfg: PretrainConfig) -> TrainState:
         return tot
 
     def bundle_fn(weights: dict[str, torch.Tensor], path: Path) -> None:
+        if has_code_factors(weights):  # release bundles hold the folded, plain Llama weights
+            weights = fold_code_factors(weights, code_digits(cfg, vocab))
         save_release_bundle(path, weights, cfg)
 
     trainer = Trainer(

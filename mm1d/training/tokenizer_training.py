@@ -202,10 +202,25 @@ def init_from_bundle(model: nn.Module, ref: str, probe: torch.Tensor, frozen: bo
     from mm1d.checkpoint import resolve_asset
 
     source = type(model).from_pretrained(resolve_asset(ref))
+    state = source.state_dict()
+    grown = sorted({int(k.split(".")[1]) for k in set(model.state_dict()) - set(state)
+                    if k.startswith("dec_blocks.")})
+    old_depth = source.cfg.dec_depth
+    if grown and grown != list(range(old_depth, model.cfg.dec_depth)):
+        grown = []  # not a pure extension of the decoder: let the strict load report it
     try:
-        model.load_state_dict(source.state_dict())
+        model.load_state_dict(state, strict=not grown)
     except RuntimeError as e:
         raise ValueError(f"init_from={ref}: its weights do not fit this run's model section ({e})") from e
+    if grown:
+        missing = {k for k in set(model.state_dict()) - set(state) if not k.startswith("dec_blocks.")}
+        unexpected = set(state) - set(model.state_dict())
+        if missing or unexpected:
+            raise ValueError(f"init_from={ref}: its weights do not fit this run's model section (missing "
+                             f"{sorted(missing)[:4]}, unexpected {sorted(unexpected)[:4]})")
+        # adaLN-zero blocks start with zero gates, so the grown decoder computes the bundle's function
+        print0(f"init_from={ref}: decoder grown from {old_depth} to {model.cfg.dec_depth} blocks (the new "
+               "blocks start as identities)")
     if frozen and not torch.equal(model.tokenize(probe), source.tokenize(probe)):
         raise ValueError(f"init_from={ref}: this run's model section gives different token ids than the bundle's "
                          "own config; with freeze_encoder the encoder fields and quant_norm must match it")
