@@ -112,7 +112,8 @@ def test_deepspeed_launcher_two_cpu_ranks(assets: dict, tmp_path: Path, stage: i
     cmd = [launcher, "--num_gpus", "2", "--master_port", str(free_port()), str(ROOT / "train" / "pretrain.py"),
            "--config", str(CONFIG),
            *overrides(assets, tmp_path, 8, **{"engine.backend": "deepspeed", "engine.zero_stage": str(stage),
-                                             "engine.deepspeed_config": f"configs/deepspeed/zero{stage}.json"})]
+                                             "engine.deepspeed_config": f"configs/deepspeed/zero{stage}.json",
+                                             "code_factors": str(stage < 3).lower()})]
     r = subprocess.run(cmd, env=env(), cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, (r.stdout[-2000:], r.stderr[-3000:])
     lo = losses(tmp_path)
@@ -122,6 +123,15 @@ def test_deepspeed_launcher_two_cpu_ranks(assets: dict, tmp_path: Path, stage: i
     ckpt = tmp_path / "checkpoints"
     tag = (ckpt / "latest").read_text().strip()
     fp32 = get_fp32_state_dict_from_zero_checkpoint(str(ckpt), tag=tag)
+    if stage < 3:  # code factors (ZeRO 0-2): the bundle holds the folded weights
+        from mm1d.config import PretrainConfig, load_config
+        from mm1d.modality import Vocab
+        from mm1d.model.code_factors import fold_code_factors, has_code_factors
+        from mm1d.training.pretraining import code_digits
+
+        assert has_code_factors(fp32)
+        cfg = load_config(CONFIG, overrides(assets, tmp_path, 8), PretrainConfig)
+        fp32 = fold_code_factors(fp32, code_digits(cfg, Vocab.from_config(cfg.vocab)))
     bundle = load_file(str(tmp_path / "bundle" / "model.safetensors"))
     assert set(bundle) <= set(fp32)
     for name, w in bundle.items():
