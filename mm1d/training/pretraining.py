@@ -177,9 +177,6 @@ def build_model(cfg: PretrainConfig) -> tuple[Transformer, Vocab]:
     vocab = Vocab.from_config(cfg.vocab)
     model = Transformer(cfg.model, vocab.size)
     if cfg.code_factors:
-        if cfg.engine.zero_stage == 3:
-            raise ValueError("code_factors is not supported with ZeRO-3 (partitioned parametrized weights); "
-                             "use engine.zero_stage <= 2 or code_factors: false")
         attach_code_factors(model, code_digits(cfg, vocab))
     return model, vocab
 
