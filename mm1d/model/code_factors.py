@@ -22,6 +22,8 @@ reader of those weights (embedding lookup, chunked loss, the sampler, ``decode.p
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
@@ -58,10 +60,7 @@ def digit_matrix(vocab: Vocab, levels: dict[str, list[int]]) -> torch.Tensor:
             raise ValueError(f"code factors apply to 'image' and 'video' codes, not {modality!r}")
         lv = [int(v) for v in lv]
         size = vocab.local_size(modality)
-        prod = 1
-        for v in lv:
-            prod *= v
-        if not lv or min(lv) < 2 or prod != size:
+        if not lv or min(lv) < 2 or math.prod(lv) != size:
             raise ValueError(f"{modality} FSQ levels {lv} do not fit the {modality} codebook of {size} ids "
                              f"(their product must equal it)")
         rng = vocab.range(modality)

@@ -47,8 +47,13 @@ def ids_to_digits(ids: torch.Tensor, levels: list[int] | tuple[int, ...]) -> tor
     The first level is the least significant (``id = sum_d digit_d * prod(levels[:d])``), the convention
     of ``FSQ.codes_to_indices``.
     """
-    basis = torch.cumprod(torch.tensor([1, *levels[:-1]], dtype=torch.long, device=ids.device), dim=0)
+    basis = digit_basis(levels).to(ids.device)
     return (ids.long().unsqueeze(-1) // basis) % torch.tensor(list(levels), dtype=torch.long, device=ids.device)
+
+
+def digit_basis(levels: list[int] | tuple[int, ...]) -> torch.Tensor:
+    """Place values of the FSQ digits, ``(D,)`` long: ``[1, L0, L0*L1, ...]``."""
+    return torch.cumprod(torch.tensor([1, *levels[:-1]], dtype=torch.long), dim=0)
 
 
 def round_ste(x: torch.Tensor) -> torch.Tensor:
@@ -92,7 +97,7 @@ class FSQ(nn.Module):
         self.momentum = momentum
         self.renorm_warmup = renorm_warmup
         lv = torch.tensor(levels, dtype=torch.long)
-        basis = torch.cumprod(torch.tensor([1] + levels[:-1], dtype=torch.long), dim=0)
+        basis = digit_basis(levels)
         self.register_buffer("levels", lv, persistent=False)
         self.register_buffer("basis", basis, persistent=False)
         if norm in BATCH_NORMS:
