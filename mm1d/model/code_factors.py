@@ -34,7 +34,6 @@ from mm1d.tokenization.fsq import ids_to_digits
 # state-dict keys of a model with factors attached (parametrize's layout)
 _ORIGINAL = "{}.parametrizations.weight.original"
 _FACTORS = "{}.parametrizations.weight.0.factors"
-_DIGITS = "{}.parametrizations.weight.0.digits"
 TARGETS = ("model.embed_tokens", "lm_head")
 
 
@@ -137,7 +136,6 @@ def fold_code_factors(state: dict[str, torch.Tensor], digits: torch.Tensor) -> d
     out = dict(state)
     for target in TARGETS:
         key_w, key_f = _ORIGINAL.format(target), _FACTORS.format(target)
-        out.pop(_DIGITS.format(target), None)  # a ZeRO-3 gather also returns the non-persistent buffer
         if key_f not in out:
             continue
         w, f = out.pop(key_w), out.pop(key_f)

@@ -272,8 +272,9 @@ class Engine:
                 with deepspeed.zero.GatheredParameters([p], modifier_rank=None):
                     if rank() == 0:
                         out[name] = p.detach().float().cpu().clone()
+            persistent = set(self.module.state_dict(keep_vars=True))  # as state_dict: no non-persistent buffers
             for name, b in self.module.named_buffers():
-                if rank() == 0:
+                if rank() == 0 and name in persistent:
                     out[name] = b.detach().cpu().clone()
             return out if rank() == 0 else None
         if rank() != 0:
