@@ -735,6 +735,11 @@ class SamplerPreset:
     image_cfg_scale: float = 1.5  # first-frame guidance scale (text-image-to-video only)
     budget: int = 0  # default tokens per image / per video time step; 0: the tokenizer's N (capped by the vocab)
     max_new_tokens: int = 40  # text: caption length limit (then <eos> is forced)
+    # text: also draw this many captions at rerank_temperature and keep the best of them and the preset decode
+    # by log p(caption | input) + rerank_weight * log p(input | caption) (mm1d.scoring); 0: off
+    rerank: int = 0
+    rerank_weight: float = 1.0
+    rerank_temperature: float = 1.0
 
 
 @dataclass
@@ -743,7 +748,9 @@ class GenerationConfig:
 
     image: SamplerPreset = field(default_factory=lambda: SamplerPreset(top_k=4096, cfg_scale=3.0))
     video: SamplerPreset = field(default_factory=lambda: SamplerPreset(top_k=4096, cfg_scale=3.0))
-    text: SamplerPreset = field(default_factory=lambda: SamplerPreset(temperature=0.0, cfg_scale=1.0))
+    # captions: greedy, then reranked against 16 draws at temperature 0.7 (BENCHMARKS.md, main job round 7)
+    text: SamplerPreset = field(default_factory=lambda: SamplerPreset(
+        temperature=0.0, cfg_scale=1.0, rerank=16, rerank_weight=1.0, rerank_temperature=0.7))
     num_frames: int = 17  # default video length (1 + 4m)
     fps: float = 8.0  # frame rate written into video files
     cond_budget: int = 0  # FlexTok tokens of a text-image-to-video first frame; 0: all (capped by the vocab)
@@ -826,6 +833,7 @@ class ZeroShotEvalConfig:
     top_p: float | None = None
     decoder_steps: int | None = None
     max_new_tokens: int | None = None  # captioning
+    rerank: int | None = None  # captioning: candidates reranked by both directions (mm1d.scoring); None: preset
     auto_psnr: float = 24.0  # captioning "auto": smallest k whose reconstruction reaches this PSNR (dB)
     auto_video_psnr: float | None = None  # the same for video inputs; None: auto_psnr
     ceiling: bool = True  # judge the tokenizer's own reconstructions of the same inputs at each budget

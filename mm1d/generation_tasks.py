@@ -318,9 +318,14 @@ def text_to_video(
 def caption(
     pipe: Pipeline, prompt: Any, imgs: list[Any] | None, vids: list[Any] | None, budget: Any, max_new: int, *,
     num_samples: int, seed: Any, params: SamplingParams, preset: SamplerPreset, decoder_steps: int | None,
-    previews: list[int], callback: Callable[[Preview], None] | None,
+    previews: list[int], callback: Callable[[Preview], None] | None, rerank: int = 0,
 ) -> GenerationResult:
-    """I2T / V2T; ``prompt`` (optional) is a caption prefix per input."""
+    """I2T / V2T; ``prompt`` (optional) is a caption prefix per input.
+
+    With ``rerank > 0`` each sample is the best of ``1 + rerank`` candidates (the ``params`` decode and
+    ``rerank`` draws at ``preset.rerank_temperature``) by ``mm1d.scoring.rerank_scores`` with
+    ``preset.rerank_weight``.
+    """
     modality = "image" if imgs is not None else "video"
     tok, vocab = pipe._need(modality), pipe.vocab
     n = pipe.max_budget[modality]
@@ -347,24 +352,51 @@ def caption(
                     f"a video of {num_frames_for_steps(c.shape[0])} frames has {c.shape[0]} time steps; the model "
                     f"knows at most {vocab.max_time_steps} (<nt_1>..<nt_{vocab.max_time_steps}>): trim the video"
                 )
+    if isinstance(rerank, bool) or not isinstance(rerank, int) or rerank < 0:
+        raise ValueError(f"rerank must be a non-negative integer (candidates to draw), got {rerank!r}")
     task = "i2t" if modality == "image" else "v2t"
-    prompts, programs = [], []
-    for b in range(B):
-        g = b // num_samples
-        c = codes[g][..., : budgets[b]].numpy()
-        prefix = pipe.text.encode(prefixes[g]) if prefixes[g] is not None else []
-        pr, prog = understanding_program(vocab, SequenceSample(task, np.zeros(1, dtype=np.int64), c), max_new, prefix)
-        prompts.append([pr])
-        programs.append(prog)
+    inputs_b = [codes[b // num_samples][..., : budgets[b]].numpy() for b in range(B)]
+
+    def run(rows: list[int], p: SamplingParams, row_seeds: list[int]) -> tuple[list[np.ndarray], int]:
+        prompts, programs = [], []
+        for b in rows:
+            g = b // num_samples
+            prefix = pipe.text.encode(prefixes[g]) if prefixes[g] is not None else []
+            sample_in = SequenceSample(task, np.zeros(1, dtype=np.int64), inputs_b[b])
+            pr, prog = understanding_program(vocab, sample_in, max_new, prefix)
+            prompts.append([pr])
+            programs.append(prog)
+        out = pipe._sample(prompts, programs, p, row_seeds, None)
+        caps = []
+        for r in range(len(rows)):
+            s = _parse(pipe, out.prompts[r][0], out.tokens[r])
+            caps.append(np.asarray(s.caption if s.caption is not None else np.zeros(0), dtype=np.int64))
+        return caps, sum(len(t) for t in out.tokens)
+
     clock = _timer()
-    out = pipe._sample(prompts, programs, params, seeds, None)
+    caps, n_sampled = run(list(range(B)), params, seeds)
+    meta: dict[str, Any] = {}
+    if rerank:
+        # candidate j of row b: its own seed, distinct across rows and candidates for non-negative seeds
+        rows = [b for b in range(B) for _ in range(rerank)]
+        cand_seeds = [seeds[b] * (rerank + 1) + j + 1 for b in range(B) for j in range(rerank)]
+        drawn, n = run(rows, SamplingParams(preset.rerank_temperature, params.top_k, params.top_p), cand_seeds)
+        n_sampled += n
+        pool = [[caps[b]] + drawn[b * rerank : (b + 1) * rerank] for b in range(B)]
+        flat = [(b, c) for b in range(B) for c in pool[b] if len(c)]
+        from mm1d.scoring import rerank_scores
+
+        scores = rerank_scores(pipe.model, vocab, task, [inputs_b[b] for b, _ in flat], [c for _, c in flat],
+                               preset.rerank_weight)
+        best = torch.full((B,), -float("inf"))
+        for (b, c), v in zip(flat, scores.tolist()):
+            if v > best[b]:
+                best[b], caps[b] = v, c
+        meta = dict(rerank=rerank, rerank_weight=preset.rerank_weight, rerank_temperature=preset.rerank_temperature,
+                    rerank_scores=best.tolist())
     t_sample = clock()
-    tokens, texts = [], []
-    for b in range(B):
-        s = _parse(pipe, out.prompts[b][0], out.tokens[b])
-        ids = s.caption if s.caption is not None else np.zeros(0, dtype=np.int64)
-        tokens.append(torch.from_numpy(np.asarray(ids, dtype=np.int64)))
-        texts.append(pipe.text.decode(ids.tolist()))
+    tokens = [torch.from_numpy(c) for c in caps]
+    texts = [pipe.text.decode(c.tolist()) for c in caps]
     return GenerationResult(texts=texts, tokens=tokens, budgets=[int(k) for k in budgets],
                             metadata=dict(seeds=seeds, sampling_s=t_sample, decode_s=0.0, task=task,
-                                          sampled_tokens=sum(len(t) for t in out.tokens)))
+                                          sampled_tokens=n_sampled, **meta))

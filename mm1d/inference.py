@@ -397,6 +397,7 @@ class Pipeline:
         image_cfg_scale: float | None = None,
         max_new_tokens: int | None = None,
         callback: Callable[[Preview], None] | None = None,
+        rerank: int | None = None,
     ) -> GenerationResult:
         """Generate images, videos or captions (see the module docstring for the tasks).
 
@@ -420,6 +421,8 @@ class Pipeline:
             image_cfg_scale: first-frame guidance scale for text-image-to-video.
             max_new_tokens: caption length limit.
             callback: receives each ``Preview`` (and each finished video chunk).
+            rerank: captioning: also draw this many candidate captions and keep the best by
+                ``log p(caption | input) + w log p(input | caption)`` (``mm1d.scoring``); 0 off, None: preset.
 
         Returns:
             A ``GenerationResult``.
@@ -447,7 +450,10 @@ class Pipeline:
             n_new = preset.max_new_tokens if max_new_tokens is None else max_new_tokens
             if isinstance(n_new, bool) or not isinstance(n_new, int) or n_new < 1:
                 raise ValueError(f"max_new_tokens must be a positive integer, got {n_new!r}")
-            return caption(self, prompt, imgs, vids, budget, n_new, **opts)
+            return caption(self, prompt, imgs, vids, budget, n_new, **opts,
+                           rerank=preset.rerank if rerank is None else rerank)
+        if rerank is not None:
+            raise ValueError(f"rerank applies to captioning (modality='text'), not modality={modality!r}")
         if modality == "image":
             if imgs is not None or vids is not None:
                 raise ValueError("modality='image' takes no images=/videos=; caption them with modality='text', "

@@ -215,6 +215,9 @@ class Sweep:
                "top_p": preset.top_p if c.top_p is None else c.top_p}
         if c.task == "caption":
             out["max_new_tokens"] = preset.max_new_tokens if c.max_new_tokens is None else c.max_new_tokens
+            out["rerank"] = preset.rerank if c.rerank is None else c.rerank
+            if out["rerank"]:
+                out.update(rerank_weight=preset.rerank_weight, rerank_temperature=preset.rerank_temperature)
             out["cfg_scale"] = 1.0  # captioning samples without guidance
         else:
             out["cfg_scale"] = preset.cfg_scale if c.cfg_scale is None else c.cfg_scale
@@ -235,7 +238,7 @@ class Sweep:
         if c.task == "caption":
             b = self.adaptive[g.label][start:stop] if budget == AUTO else budget
             key = "images" if self.modality == "image" else "videos"
-            return self.pipe.generate(None, "text", budget=b, max_new_tokens=c.max_new_tokens,
+            return self.pipe.generate(None, "text", budget=b, max_new_tokens=c.max_new_tokens, rerank=c.rerank,
                                       **{key: list(g.batch(start, stop))}, **kw)
         if self.modality == "video":
             kw["num_frames"] = self.frames

@@ -1,0 +1,103 @@
+"""mm1d.scoring: document log-likelihoods and caption reranking by both directions of the model."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import mm1d
+from mm1d import inference
+from mm1d.scoring import document_logprobs, rerank_scores
+from mm1d.sequence import MOD_IMAGE, MOD_VIDEO, SequenceSample, build_document
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from helpers_bundle import build_tiny_bundle  # noqa: E402
+
+HAVE_VIDEO = importlib.util.find_spec("mm1d.tokenization.videoflextok") is not None
+
+
+@pytest.fixture(scope="module")
+def pipe(tmp_path_factory: pytest.TempPathFactory) -> inference.Pipeline:
+    return mm1d.load(build_tiny_bundle(tmp_path_factory.mktemp("score"), video=HAVE_VIDEO))
+
+
+def _full_logprob(model: torch.nn.Module, ids: np.ndarray, mask: np.ndarray) -> float:
+    """Reference: one unpadded forward, log-softmax over the whole vocabulary, summed at the masked tokens."""
+    with torch.no_grad():
+        logp = torch.log_softmax(model(torch.from_numpy(ids)[None]).double()[0], dim=-1)  # (n, V)
+    pos = np.flatnonzero(mask)
+    return float(sum(logp[p - 1, ids[p]] for p in pos))
+
+
+def _pairs(pipe: inference.Pipeline, n: int, video: bool = False) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    rng = np.random.default_rng(0)
+    tok = pipe.video if video else pipe.image
+    shape = (2, 3) if video else (5,)
+    codes = [rng.integers(0, tok.codebook_size, size=shape) for _ in range(n)]
+    caps = [rng.integers(0, pipe.text.vocab_size, size=int(rng.integers(2, 9))) for _ in range(n)]
+    return codes, caps
+
+
+def test_document_logprobs_equal_a_plain_softmax_and_ignore_padding(pipe: inference.Pipeline) -> None:
+    codes, caps = _pairs(pipe, 5)
+    docs = [build_document(SequenceSample("i2t", c, x), pipe.vocab) for x, c in zip(codes, caps)]
+    masks = [(~d.prompt) & (np.arange(len(d)) > 0) for d in docs]
+    got = document_logprobs(pipe.model, docs, masks, pipe.vocab.pad_id)
+    ref = [_full_logprob(pipe.model, d.ids, m) for d, m in zip(docs, masks)]
+    assert torch.allclose(got.double(), torch.tensor(ref, dtype=torch.float64), atol=1e-3, rtol=1e-5)
+    one_by_one = document_logprobs(pipe.model, docs, masks, pipe.vocab.pad_id, batch_size=1)
+    assert torch.allclose(got, one_by_one, atol=1e-4)  # rows of other lengths and their padding change nothing
+    with pytest.raises(ValueError, match="first token"):
+        document_logprobs(pipe.model, docs[:1], [np.ones(len(docs[0]), dtype=bool)], pipe.vocab.pad_id)
+
+
+@pytest.mark.parametrize("task", ["i2t", "v2t"])
+def test_rerank_scores_add_the_generation_direction(pipe: inference.Pipeline, task: str) -> None:
+    if task == "v2t" and not HAVE_VIDEO:
+        pytest.skip("no video tokenizer")
+    codes, caps = _pairs(pipe, 3, video=task == "v2t")
+    und = rerank_scores(pipe.model, pipe.vocab, task, codes, caps, 0.0)
+    both = rerank_scores(pipe.model, pipe.vocab, task, codes, caps, 2.0)
+    gen_task = "t2i" if task == "i2t" else "t2v"
+    for i, (x, c) in enumerate(zip(codes, caps)):
+        d = build_document(SequenceSample(task, c, x), pipe.vocab)
+        cap_part = _full_logprob(pipe.model, d.ids, (~d.prompt) & (np.arange(len(d)) > 0))
+        g = build_document(SequenceSample(gen_task, c, x), pipe.vocab)
+        code_part = _full_logprob(pipe.model, g.ids, np.isin(g.modality, (MOD_IMAGE, MOD_VIDEO)))
+        assert und[i].item() == pytest.approx(cap_part, abs=1e-3)
+        assert both[i].item() == pytest.approx(cap_part + 2.0 * code_part, abs=2e-3)
+    with pytest.raises(ValueError, match="i2t/v2t"):
+        rerank_scores(pipe.model, pipe.vocab, "t2i", codes, caps, 1.0)
+
+
+def test_caption_rerank_keeps_the_best_candidate(pipe: inference.Pipeline) -> None:
+    imgs = [torch.rand(3, 16, 16, generator=torch.Generator().manual_seed(s)) * 2 - 1 for s in (0, 1)]
+    r, seed = 3, 7
+    res = pipe.generate(None, "text", images=imgs, budget=4, max_new_tokens=6, seed=seed, rerank=r)
+    assert res.metadata["rerank"] == r
+    codes = [c[:4].numpy() for c in pipe.image.tokenize(torch.stack(imgs))]
+    temp = pipe.config.text.rerank_temperature
+    for b in range(2):
+        greedy = pipe.generate(None, "text", images=[imgs[b]], budget=4, max_new_tokens=6, seed=seed + b, rerank=0)
+        cands = [greedy.tokens[0].numpy()]
+        for j in range(r):  # candidate j of row b is drawn with seed (seed + b) * (r + 1) + j + 1
+            d = pipe.generate(None, "text", images=[imgs[b]], budget=4, max_new_tokens=6, rerank=0,
+                              temperature=temp, seed=(seed + b) * (r + 1) + j + 1)
+            cands.append(d.tokens[0].numpy())
+        cands = [c for c in cands if len(c)]
+        scores = rerank_scores(pipe.model, pipe.vocab, "i2t", [codes[b]] * len(cands), cands,
+                               pipe.config.text.rerank_weight)
+        best = int(torch.argmax(scores))
+        assert res.tokens[b].tolist() == cands[best].tolist()
+        assert res.metadata["rerank_scores"][b] == pytest.approx(scores[best].item(), abs=1e-4)
+    plain = pipe.generate(None, "text", images=imgs, budget=4, max_new_tokens=6, seed=seed, rerank=0)
+    assert "rerank" not in plain.metadata
+    with pytest.raises(ValueError, match="non-negative"):
+        pipe.generate(None, "text", images=imgs, rerank=-1)
+    with pytest.raises(ValueError, match="captioning"):
+        pipe.generate("a red circle", "image", rerank=2)
