@@ -13,6 +13,9 @@ Part 2: one text-to-image sample through ``Pipeline.generate``, split into AR sa
 detokenization. With ``--bundle`` (e.g. ``mm1d/assets/shapes-tiny``) it uses that bundle; otherwise the
 benchmark model with a random default-size FlexTok (``FlexTokConfig()``, 32 px, N=32, 20 decoder steps).
 
+Part 3: captioning the Part 2 image, alone and as a batch of 16, greedy (``rerank=0``) against the preset's
+reranking (``mm1d.scoring``: 16 more draws, then both directions score every candidate).
+
 Writes ``OUT/results.json``.
 """
 
@@ -134,6 +137,18 @@ def main() -> None:
            "total_s": round(total, 4)}
     results["one_image"] = e2e
     print(json.dumps(e2e, indent=2))
+
+    # ---- captions: greedy vs reranked ----
+    caps: dict[str, float | int] = {"rerank": pipe.config.text.rerank}
+    for n_in in (1, 16):
+        for name, rerank in (("greedy", 0), ("reranked", None)):
+            def run(n: int = n_in, r: int | None = rerank) -> None:
+                pipe.generate(None, "text", images=[res.images[0]] * n, seed=0, rerank=r)
+
+            caps[f"{name}_batch{n_in}_s"] = round(best_of(run, args.repeats), 4)
+        caps[f"ratio_batch{n_in}"] = round(caps[f"reranked_batch{n_in}_s"] / caps[f"greedy_batch{n_in}_s"], 2)
+    results["captions"] = caps
+    print(json.dumps(caps, indent=2))
     (out / "results.json").write_text(json.dumps(results, indent=2))
 
 
