@@ -37,6 +37,7 @@ from mm1d.sampling import (
     generation_program,
     understanding_program,
 )
+from mm1d.scoring import rerank_scores
 from mm1d.sequence import SequenceSample, parse_document
 from mm1d.tokenization.video_latents import check_num_frames, num_frames_for_steps, num_steps_for_frames
 
@@ -384,8 +385,6 @@ def caption(
         n_sampled += n
         pool = [[caps[b]] + drawn[b * rerank : (b + 1) * rerank] for b in range(B)]
         flat = [(b, c) for b in range(B) for c in pool[b] if len(c)]
-        from mm1d.scoring import rerank_scores
-
         scores = rerank_scores(pipe.model, vocab, task, [inputs_b[b] for b, _ in flat], [c for _, c in flat],
                                preset.rerank_weight)
         best = torch.full((B,), -float("inf"))
