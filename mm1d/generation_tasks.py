@@ -384,7 +384,9 @@ def caption(
         drawn, n = run(rows, SamplingParams(preset.rerank_temperature, params.top_k, params.top_p), cand_seeds)
         n_sampled += n
         pool = [[caps[b]] + drawn[b * rerank : (b + 1) * rerank] for b in range(B)]
-        flat = [(b, c) for b in range(B) for c in pool[b] if len(c)]
+        # score each distinct non-empty candidate of a row once (draws often repeat the greedy caption)
+        flat = [(b, np.asarray(c, dtype=np.int64)) for b in range(B)
+                for c in dict.fromkeys(tuple(c.tolist()) for c in pool[b] if len(c))]
         scores = rerank_scores(pipe.model, vocab, task, [inputs_b[b] for b, _ in flat], [c for _, c in flat],
                                preset.rerank_weight)
         best = torch.full((B,), -float("inf"))
