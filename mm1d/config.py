@@ -535,6 +535,9 @@ class VisualTokenizerConfig:
     ln_std: float = 1.0
     # what the decoder outputs: the velocity "v", or the clean latents "x0" (converted to a velocity, v-loss)
     prediction: Literal["v", "x0"] = "v"
+    # weight of the rectified-flow loss; 0 skips the flow pass and trains only the one-step decoder
+    # (aux_recon_mode="zero_noise"), e.g. to tune a one_step decoder on frozen codes at half the cost
+    rf_weight: float = 1.0
     aux_recon_weight: float = 0.0  # weight of the direct-reconstruction loss
     aux_recon_mode: Literal["x0", "zero_noise"] = "x0"  # x0 = x_t - t v, or a t=1 pass on zero input
     perturb_prob: float = 0.0  # per-sample probability of latent perturbation during training
@@ -607,6 +610,10 @@ class TrainTokenizerConfig:
     init_from: str = ""
     # train the decoder only, on the fixed codes of init_from's encoder (token ids stay identical)
     freeze_encoder: bool = False
+    # train encoder and decoder with init_from's FSQ statistics held fixed (quant_norm "batch"/"renorm"),
+    # so the training codes are the released ones and do not depend on the batch; the ids change as the
+    # encoder trains, so data must be pretokenized again
+    freeze_quantizer: bool = False
     data: TokenizerDataConfig = field(default_factory=TokenizerDataConfig)
     samples: SampleGridConfig = field(default_factory=SampleGridConfig)
     train: TrainConfig = field(default_factory=TrainConfig)

@@ -200,6 +200,30 @@ def test_training_loss_backward_and_reproducible(kw: dict) -> None:
         assert torch.allclose(again, loss)
 
 
+def test_rf_weight_scales_the_flow_term_and_zero_skips_it() -> None:
+    """loss = rf_weight * rf + aux_recon_weight * aux with the same random draws for every rf_weight; at 0
+    the flow pass is skipped (no "rf" metric) and only the one-step decoder trains."""
+    kw = dict(prediction="x0", aux_recon_weight=1.0, aux_recon_mode="zero_noise", quant_norm="rms")
+    runs = {}
+    for w in (1.0, 0.25, 0.0):
+        model = make_model(seed=3, rf_weight=w, **kw).train()
+        runs[w] = model.training_loss(images(4), generator=torch.Generator().manual_seed(5))
+    (one, m1), (quarter, mq), (zero, m0) = runs[1.0], runs[0.25], runs[0.0]
+    one, quarter = one.detach(), quarter.detach()
+    assert m0["aux"] == pytest.approx(m1["aux"]) and m0["aux"] == pytest.approx(mq["aux"])
+    assert "rf" not in m0 and mq["rf"] == pytest.approx(m1["rf"])
+    assert float(one) == pytest.approx(m1["rf"] + m1["aux"], rel=1e-5)
+    assert float(quarter) == pytest.approx(0.25 * m1["rf"] + m1["aux"], rel=1e-5)
+    assert float(zero) == pytest.approx(m1["aux"], rel=1e-5)
+    zero.backward()
+    model = make_model(seed=3, rf_weight=0.0, **kw)
+    with pytest.raises(ValueError, match="rf_weight=0"):
+        make_model(rf_weight=0.0, prediction="x0", aux_recon_weight=1.0)  # x0 mode needs the flow pass
+    with pytest.raises(ValueError, match="must be >= 0"):
+        make_model(rf_weight=-1.0)
+    assert model.cfg.rf_weight == 0.0
+
+
 def test_contrast_weighting_only_reweights() -> None:
     """A flat image has no contrast, so the weighted loss equals the plain one; a scene with an object
     does not."""
@@ -335,6 +359,31 @@ def test_calibrated_quantizer_gives_the_training_codes() -> None:
     assert torch.equal(model.tokenize(x, 3), train_ids[:, :3])  # still prefix-invariant
     with pytest.raises(ValueError, match="quant_norm 'batch' or 'renorm'"):
         make_model(quant_norm="rms").calibrate_quantizer([x])
+
+
+def test_frozen_quantizer_trains_the_encoder_on_batch_independent_codes() -> None:
+    """freeze_quantizer(): in train mode a sample's codes no longer depend on its batch and equal tokenize's,
+    the FSQ statistics stay put, and the encoder still gets gradients."""
+    model = make_model(quant_norm="batch", prediction="x0", aux_recon_weight=1.0, aux_recon_mode="zero_noise")
+    x = images(8, seed=4)
+    model.calibrate_quantizer([x])
+    model.train()
+    with torch.no_grad():
+        alone = model.quantize(model.latent.encode(x[:2]))[1]
+        batched = model.quantize(model.latent.encode(x))[1][:2]
+    assert not torch.equal(alone, batched)  # batch statistics: the companions change the ids
+    model.freeze_quantizer()
+    model.train()
+    assert model.training and not model.fsq.training
+    stats = model.fsq.running_mean.clone(), model.fsq.running_var.clone()
+    with torch.no_grad():
+        alone = model.quantize(model.latent.encode(x[:2]))[1]
+        batched = model.quantize(model.latent.encode(x))[1][:2]
+    assert torch.equal(alone, batched) and torch.equal(alone, model.tokenize(x[:2]))
+    loss, _ = model.training_loss(x, generator=torch.Generator().manual_seed(0))
+    loss.backward()
+    assert model.enc_registers.grad is not None and model.enc_registers.grad.abs().sum() > 0
+    assert torch.equal(model.fsq.running_mean, stats[0]) and torch.equal(model.fsq.running_var, stats[1])
 
 
 def test_mlp_patch_head_lifts_the_rank_bound_and_starts_at_zero(tmp_path: Path) -> None:

@@ -113,8 +113,18 @@ def test_decoder_finetune_keeps_the_token_ids(kind: str, tmp_path: Path) -> None
     with pytest.raises(ValueError, match="do not fit this run's model section"):  # shrinking is refused
         init_from_bundle(tokenizer_class(kind)(base.cfg), str(tmp_path / "grown"), x, frozen=True)
 
+    # freeze_quantizer: encoder and decoder train, the FSQ statistics stay those of init_from (no recalibration)
+    _train(kind, tmp_path / "fq", 2, [*extra, f"init_from={tmp_path / 'base' / 'bundle'}", "freeze_quantizer=true",
+                                      "optim.lr=1e-2", "seed=2"])
+    fq_sd = tokenizer_class(kind).from_pretrained(tmp_path / "fq" / "bundle").state_dict()
+    stats = [n for n in enc if n.startswith("fsq.")]
+    assert stats and all(torch.equal(b_sd[n], fq_sd[n]) for n in stats)
+    assert sum(not torch.equal(b_sd[n], fq_sd[n]) for n in enc) > len(enc) // 2  # the encoder trained
+
     with pytest.raises(ValueError, match="freeze_encoder=true needs init_from"):
         _train(kind, tmp_path / "bad", 1, [*extra, "freeze_encoder=true"])
+    with pytest.raises(ValueError, match="freeze_quantizer=true needs init_from"):
+        _train(kind, tmp_path / "bad4", 1, [*extra, "freeze_quantizer=true"])
     with pytest.raises(ValueError, match="do not fit this run's model section"):
         _train(kind, tmp_path / "bad2", 1, [*extra, f"init_from={tmp_path / 'base' / 'bundle'}",
                                              "model.dec_dim=64"])

@@ -225,7 +225,13 @@ def test_training_loss_backward_reaches_encoder() -> None:
     assert model.enc_patch.weight.grad is not None and model.enc_patch.weight.grad.abs().sum() > 0
     assert {"loss", "rf", "codes_used", "keep_k", "prefix_steps"} <= set(metrics)
     zero = make_model(aux_recon_weight=1.0, aux_recon_mode="zero_noise").train()
-    assert torch.isfinite(zero.training_loss(video(2, 5))[0])
+    full, m_full = zero.training_loss(video(2, 5), torch.Generator().manual_seed(2))
+    assert torch.isfinite(full)
+    # rf_weight=0 skips the flow pass; the one-step term is the same draw for draw
+    one_step = make_model(aux_recon_weight=1.0, aux_recon_mode="zero_noise", rf_weight=0.0).train()
+    only, m_only = one_step.training_loss(video(2, 5), torch.Generator().manual_seed(2))
+    assert "rf" not in m_only and m_only["aux"] == pytest.approx(m_full["aux"])
+    assert float(only) == pytest.approx(m_full["aux"], rel=1e-5)
 
 
 def test_register_inputs_masks() -> None:

@@ -60,6 +60,7 @@ class RegisterTokenizer(nn.Module):
     cfg: Any
     latent: nn.Module | None
     encoder_frozen: bool
+    quantizer_frozen: bool
 
     # ---- construction -------------------------------------------------------------------------------
     @classmethod
@@ -81,6 +82,12 @@ class RegisterTokenizer(nn.Module):
         need(cfg.enc_depth >= 1 and cfg.dec_depth >= 1, "enc_depth and dec_depth must be >= 1")
         need(0.0 <= cfg.cond_dropout < 1.0, "cond_dropout must be in [0, 1)")
         need(0.0 <= cfg.perturb_prob <= 1.0 and 0.0 <= cfg.perturb_fraction <= 1.0, "perturb_* in [0, 1]")
+        need(cfg.rf_weight >= 0.0 and cfg.aux_recon_weight >= 0.0, "rf_weight and aux_recon_weight must be >= 0")
+        if cfg.rf_weight == 0:
+            need(cfg.aux_recon_weight > 0 and cfg.aux_recon_mode == "zero_noise",
+                 "rf_weight=0 trains only the one-step decoder: it needs aux_recon_weight > 0 and "
+                 "aux_recon_mode='zero_noise'")
+            need(getattr(cfg, "repa_weight", 0.0) == 0, "REPA aligns the flow pass: it needs rf_weight > 0")
 
     def _build_layers(self, cfg: Any, register_sets: tuple[int, ...]) -> None:
         """Build FSQ, the encoder and the decoder (modules in a fixed order: weight init draws in that order).
@@ -94,6 +101,7 @@ class RegisterTokenizer(nn.Module):
         patch_dim = cfg.latent_channels * cfg.patch_size**2
         de, dd = cfg.enc_dim, cfg.dec_dim
         self.encoder_frozen = False
+        self.quantizer_frozen = False
         self.fsq = FSQ(cfg.fsq_levels, norm=cfg.quant_norm, num_positions=n, renorm_warmup=cfg.quant_renorm_warmup)
         # encoder
         self.enc_patch = PatchStem(patch_dim, de, cfg.patch_mlp)
@@ -153,13 +161,23 @@ class RegisterTokenizer(nn.Module):
                 p.requires_grad_(False)
                 frozen.append(name)
         self.encoder_frozen = True
-        self.fsq.eval()
+        self.freeze_quantizer()
         return frozen
 
+    def freeze_quantizer(self) -> None:
+        """Hold the FSQ normalization statistics fixed: the quantizer stays in eval mode even in ``train()``.
+
+        The encoder may still train. Its training codes are then what ``tokenize`` gives for the current
+        weights, and they do not depend on the rest of the batch, unlike ``quant_norm="batch"`` in training
+        mode, where about half of a trained tiny tokenizer's ids change with the batch (BENCHMARKS.md).
+        """
+        self.quantizer_frozen = True
+        self.fsq.eval()
+
     def train(self, mode: bool = True) -> Self:
-        """``nn.Module.train``, except that a frozen encoder's quantizer stays in eval mode."""
+        """``nn.Module.train``, except that a frozen quantizer stays in eval mode."""
         super().train(mode)
-        if self.encoder_frozen:
+        if self.quantizer_frozen:
             self.fsq.eval()
         return self
 

@@ -378,9 +378,10 @@ class FlexTok(RegisterTokenizer):
                 reproducibility and resume.
 
         Returns:
-            (scalar loss, metrics): ``loss`` = RF velocity MSE + ``repa_weight`` * (1 - cosine)
-            + ``aux_recon_weight`` * reconstruction MSE. Metrics hold floats: ``loss``, ``rf``, ``repa``,
-            ``aux``, ``codes_used`` (distinct ids in the batch), ``keep_k`` (mean).
+            (scalar loss, metrics): ``loss`` = ``rf_weight`` * RF velocity MSE + ``repa_weight`` *
+            (1 - cosine) + ``aux_recon_weight`` * reconstruction MSE. Metrics hold floats: ``loss``, ``rf``
+            (when rf_weight > 0), ``repa``, ``aux``, ``codes_used`` (distinct ids in the batch), ``keep_k``
+            (mean).
         """
         cfg = self.cfg
         self._check_images(images)
@@ -402,11 +403,15 @@ class FlexTok(RegisterTokenizer):
         noise = torch.randn(x0.shape, generator=generator, device=rdev).to(device)
         t = sample_timesteps(b, cfg.timestep_sampling, generator, device, cfg.ln_mean, cfg.ln_std)
         x_t = add_noise(x0, noise, t)
-        v, feats = self.decoder_forward(x_t, t, codes, keep, null, return_repa=self.repa_proj is not None)
         weights = contrast_weights(x0, cfg.recon_contrast_weight) if cfg.recon_contrast_weight > 0 else None
-        rf = weighted_mse(v, noise - x0, weights)
-        loss = rf
-        metrics = {"rf": float(rf.detach())}
+        loss = torch.zeros((), device=device)
+        metrics: dict[str, float] = {}
+        feats = None
+        if cfg.rf_weight > 0:  # the draws above happen either way, so the RNG stream does not depend on it
+            v, feats = self.decoder_forward(x_t, t, codes, keep, null, return_repa=self.repa_proj is not None)
+            rf = weighted_mse(v, noise - x0, weights)
+            loss = loss + cfg.rf_weight * rf
+            metrics["rf"] = float(rf.detach())
         if cfg.aux_recon_weight > 0:
             if cfg.aux_recon_mode == "x0":
                 x0_hat = x_t - t[:, None, None, None] * v

@@ -209,9 +209,10 @@ class VideoFlexTok(VideoFlexTokCore):
                 reproducibility and resume.
 
         Returns:
-            (scalar loss, metrics): ``loss`` = RF velocity MSE over the non-prefix steps
+            (scalar loss, metrics): ``loss`` = ``rf_weight`` * RF velocity MSE over the non-prefix steps
             + ``aux_recon_weight`` * reconstruction MSE over the same steps. Metrics (floats): ``loss``,
-            ``rf``, ``aux`` (if enabled), ``codes_used``, ``keep_k`` (mean), ``prefix_steps`` (mean p).
+            ``rf`` (if rf_weight > 0), ``aux`` (if enabled), ``codes_used``, ``keep_k`` (mean),
+            ``prefix_steps`` (mean p).
         """
         cfg = self.cfg
         self.check_video(video)
@@ -247,12 +248,15 @@ class VideoFlexTok(VideoFlexTokCore):
 
         x_t = add_noise(flat(x0), flat(noise), t_step.reshape(b * t))  # (B*T, C, h, w)
         x_t = x_t.view(b, t, *x_t.shape[1:]).permute(0, 2, 1, 3, 4)  # (B, C, T, h, w)
-        v = self.decoder_forward(x_t, t_step, codes, keep, null, prefix)  # (B, C, T, h, w)
         weight = (~prefix).float()  # (B, T): the prefix is excluded from the loss
         denom = weight.sum().clamp_min(1.0)
-        rf = (_step_mse(v, velocity_target(x0, noise)) * weight).sum() / denom
-        loss = rf
-        metrics = {"rf": float(rf.detach())}
+        loss = torch.zeros((), device=device)
+        metrics: dict[str, float] = {}
+        if cfg.rf_weight > 0:  # the draws above happen either way, so the RNG stream does not depend on it
+            v = self.decoder_forward(x_t, t_step, codes, keep, null, prefix)  # (B, C, T, h, w)
+            rf = (_step_mse(v, velocity_target(x0, noise)) * weight).sum() / denom
+            loss = loss + cfg.rf_weight * rf
+            metrics["rf"] = float(rf.detach())
         if cfg.aux_recon_weight > 0:
             if cfg.aux_recon_mode == "x0":
                 x0_hat = x_t - t_step[:, None, :, None, None] * v

@@ -147,10 +147,12 @@ def save_recon_grid(model: nn.Module, originals: torch.Tensor, budgets: list[int
 
 def calibrate_for_release(model: nn.Module, cfg: Any, kind: str) -> int:
     """Recompute ``model``'s FSQ batch-norm statistics on ``cfg.data.calibrate_batches`` batches that the run
-    does not train on (``quant_norm`` "batch" or "renorm" only, and not for a ``freeze_encoder`` run). Returns
+    does not train on (``quant_norm`` "batch" or "renorm" only, not for ``freeze_encoder`` or ``freeze_quantizer``
+    runs). Returns
     the number of samples used (0: nothing to do)."""
-    if cfg.model.quant_norm not in BATCH_NORMS or cfg.data.calibrate_batches <= 0 or cfg.freeze_encoder:
-        return 0  # (a frozen encoder keeps init_from's statistics, so its ids stay those of the bundle)
+    if (cfg.model.quant_norm not in BATCH_NORMS or cfg.data.calibrate_batches <= 0 or cfg.freeze_encoder
+            or cfg.freeze_quantizer):
+        return 0  # (a frozen quantizer keeps init_from's statistics: the ones the run trained with)
     frames = cfg.data.shapes.frames if kind == "video" else 1
     calib = make_data(cfg.data, cfg.train, kind, cfg.model.image_size, frames, cfg.seed + 2)
     return model.calibrate_quantizer(itertools.islice(iter(calib), cfg.data.calibrate_batches))
@@ -245,12 +247,18 @@ def run_tokenizer_training(cfg: Any, kind: str) -> TrainState:
                      frames=frames if kind == "video" else None).pixels
     if cfg.freeze_encoder and not cfg.init_from:
         raise ValueError("freeze_encoder=true needs init_from (a bundle whose encoder the decoder is tuned to)")
+    if cfg.freeze_quantizer and (not cfg.init_from or cfg.model.quant_norm not in BATCH_NORMS):
+        raise ValueError("freeze_quantizer=true needs init_from (whose FSQ statistics it keeps) and quant_norm "
+                         f"'batch' or 'renorm', got init_from={cfg.init_from!r}, quant_norm={cfg.model.quant_norm!r}")
     if cfg.init_from:
         init_from_bundle(model, cfg.init_from, val, cfg.freeze_encoder)
         print0(f"initialized from {cfg.init_from}")
     if cfg.freeze_encoder:
         frozen = model.freeze_encoder()
         print0(f"encoder frozen ({len(frozen)} tensors): only the decoder trains, on the bundle's codes")
+    elif cfg.freeze_quantizer:
+        model.freeze_quantizer()
+        print0("FSQ statistics frozen: encoder and decoder train on batch-independent codes")
     n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     print0(f"{Model.__name__}: {n_params / 1e6:.2f}M trainable parameters")
     data = make_data(cfg.data, cfg.train, kind, size, frames, cfg.seed)
