@@ -742,8 +742,10 @@ class SamplerPreset:
     image_cfg_scale: float = 1.5  # first-frame guidance scale (text-image-to-video only)
     budget: int = 0  # default tokens per image / per video time step; 0: the tokenizer's N (capped by the vocab)
     max_new_tokens: int = 40  # text: caption length limit (then <eos> is forced)
-    # text: also draw this many captions at rerank_temperature and keep the best of them and the preset decode
-    # by log p(caption | input) + rerank_weight * log p(input | caption) (mm1d.scoring); 0: off
+    # also draw this many candidates per sample and keep the best; 0: off. Text: captions drawn at
+    # rerank_temperature, scored by log p(caption | input) + rerank_weight * log p(input | caption)
+    # (mm1d.scoring). Image / video: samples drawn with the preset, scored by log p(prompt | sample tokenized
+    # again) (generation_tasks.best_of_visual); rerank_weight and rerank_temperature are text-only.
     rerank: int = 0
     rerank_weight: float = 1.0
     rerank_temperature: float = 1.0
@@ -840,7 +842,7 @@ class ZeroShotEvalConfig:
     top_p: float | None = None
     decoder_steps: int | None = None
     max_new_tokens: int | None = None  # captioning
-    rerank: int | None = None  # captioning: candidates reranked by both directions (mm1d.scoring); None: preset
+    rerank: int | None = None  # extra candidates per sample, best kept (SamplerPreset.rerank); None: preset
     auto_psnr: float = 24.0  # captioning "auto": smallest k whose reconstruction reaches this PSNR (dB)
     auto_video_psnr: float | None = None  # the same for video inputs; None: auto_psnr
     ceiling: bool = True  # judge the tokenizer's own reconstructions of the same inputs at each budget

@@ -57,6 +57,78 @@ def _parse(pipe: Pipeline, prompt: list[int], tokens: list[int]) -> SequenceSamp
     return parse_document(np.asarray(prompt + tokens, dtype=np.int64), pipe.vocab)
 
 
+def _check_rerank(rerank: Any) -> None:
+    if isinstance(rerank, bool) or not isinstance(rerank, int) or rerank < 0:
+        raise ValueError(f"rerank must be a non-negative integer (candidates to draw), got {rerank!r}")
+
+
+def candidate_seeds(seeds: Sequence[int], rerank: int) -> list[int]:
+    """Seeds of the ``1 + rerank`` candidates of each sample, sample by sample: the sample's own seed, then
+    ``seed * (rerank + 1) + j`` for ``j = 1..rerank`` (distinct across samples for non-negative seeds)."""
+    return [s if j == 0 else s * (rerank + 1) + j for s in seeds for j in range(rerank + 1)]
+
+
+def best_of_visual(
+    pipe: Pipeline, modality: str, captions: list[str | None], num_samples: int, seed: Any, budget: Any,
+    rerank: int, previews: list[int], draw: Callable[[int, list[int], Any], GenerationResult],
+) -> GenerationResult:
+    """Each sample is the best of ``1 + rerank`` candidates by the model's own captioning direction.
+
+    Every candidate is decoded, tokenized again with all N tokens (which puts a generated span back on the
+    tokenizer's own code distribution, the one the captioning direction was trained on) and scored by
+    ``log p(caption | re-encoded candidate)`` (``mm1d.scoring.rerank_scores`` with weight 0).
+
+    Args:
+        pipe: the pipeline.
+        modality: ``"image"`` or ``"video"``.
+        captions: the G prompt captions (None is refused: there is nothing to verify against).
+        num_samples: samples per prompt.
+        seed: the ``generate`` seed argument.
+        budget: the ``generate`` budget argument (a per-sample list is repeated for each candidate).
+        rerank: extra candidates per sample (> 0).
+        previews: must be empty (every candidate would preview).
+        draw: ``draw(num_samples', seeds, budget)`` runs the task for ``num_samples'`` samples per prompt.
+
+    Returns:
+        the chosen samples, with ``metadata`` ``rerank``, ``rerank_scores`` and ``candidate_seeds``; its
+        ``seeds`` are the chosen candidates' (each regenerates alone with ``num_samples=1``).
+    """
+    _check_rerank(rerank)
+    if previews:
+        raise ValueError("preview_every cannot be combined with rerank (every candidate would be previewed)")
+    if any(c is None for c in captions):
+        raise ValueError(f"rerank of {modality} samples needs a text prompt: the candidates are scored by how "
+                         "well the model captions them with it")
+    G, r1 = len(captions), rerank + 1
+    B = G * num_samples
+    seeds = _seeds(seed, B)
+    cands = candidate_seeds(seeds, rerank)
+    if isinstance(budget, (list, tuple)) and len(budget) == B and B != G:  # per sample -> per candidate
+        budget = [k for k in budget for _ in range(r1)]
+    res = draw(num_samples * r1, cands, budget)
+    tok, vocab = pipe._need(modality), pipe.vocab
+    size = tok.cfg.image_size
+    if modality == "image":
+        pixels = torch.stack([load_image(im, size) for im in res.images]).to(pipe.device)
+        codes = [c.numpy() for c in tok.tokenize(pixels).cpu()]
+    else:  # the captioning direction reads at most max_time_steps time steps
+        codes = [tok.tokenize(load_video(v, size)[None].to(pipe.device))[0, : vocab.max_time_steps].cpu().numpy()
+                 for v in res.videos]
+    caps = [pipe._caption_ids(c) for c in captions for _ in range(num_samples * r1)]
+    task = "i2t" if modality == "image" else "v2t"
+    scores = rerank_scores(pipe.model, vocab, task, codes, caps, 0.0).view(B, r1)
+    best = scores.argmax(dim=1)
+    rows = [b * r1 + int(best[b]) for b in range(B)]
+
+    def pick(xs: list[Any]) -> list[Any]:
+        return [xs[r] for r in rows] if len(xs) == B * r1 else xs
+
+    meta = {k: pick(v) if isinstance(v, list) else v for k, v in res.metadata.items()}
+    meta.update(rerank=rerank, rerank_scores=scores.max(dim=1).values.tolist(), candidate_seeds=cands)
+    return GenerationResult(images=pick(res.images), videos=pick(res.videos), tokens=pick(res.tokens),
+                            budgets=pick(res.budgets), previews=[], metadata=meta)
+
+
 # ----------------------------------------------------------------------------------------------------
 # Text to image
 # ----------------------------------------------------------------------------------------------------
@@ -65,12 +137,19 @@ def _parse(pipe: Pipeline, prompt: list[int], tokens: list[int]) -> SequenceSamp
 def text_to_image(
     pipe: Pipeline, prompt: Any, budget: Any, cfg_scale: float, *, num_samples: int, seed: Any,
     params: SamplingParams, preset: SamplerPreset, decoder_steps: int | None, previews: list[int],
-    callback: Callable[[Preview], None] | None,
+    callback: Callable[[Preview], None] | None, rerank: int = 0,
 ) -> GenerationResult:
-    """T2I for every prompt x ``num_samples``; CFG streams ``[caption, no caption]``."""
+    """T2I for every prompt x ``num_samples``; CFG streams ``[caption, no caption]``. ``rerank > 0``: each
+    sample is the best of ``1 + rerank`` candidates (``best_of_visual``)."""
     img, vocab = pipe._need("image"), pipe.vocab
     n = pipe.max_budget["image"]
     groups = _prompts(prompt, 1)
+    if rerank:
+        return best_of_visual(
+            pipe, "image", groups, num_samples, seed, budget, rerank, previews,
+            lambda ns, sd, bd: text_to_image(pipe, prompt, bd, cfg_scale, num_samples=ns, seed=sd, params=params,
+                                             preset=preset, decoder_steps=decoder_steps, previews=[],
+                                             callback=callback))
     B = len(groups) * num_samples
     budgets = _budgets(budget, len(groups), num_samples, n, preset.budget, allow_auto=True)
     seeds = _seeds(seed, B)
@@ -134,9 +213,10 @@ def text_to_video(
     pipe: Pipeline, prompt: Any, imgs: list[Any] | None, vids: list[Any] | None, budget: Any,
     num_frames: int | None, cfg_scale: float, image_cfg_scale: float, *, num_samples: int, seed: Any,
     params: SamplingParams, preset: SamplerPreset, decoder_steps: int | None, previews: list[int],
-    callback: Callable[[Preview], None] | None,
+    callback: Callable[[Preview], None] | None, rerank: int = 0,
 ) -> GenerationResult:
-    """T2V, text-image-to-video (``imgs``) or continuation (``vids``), rolled out window by window."""
+    """T2V, text-image-to-video (``imgs``) or continuation (``vids``), rolled out window by window.
+    ``rerank > 0``: each sample is the best of ``1 + rerank`` candidates (``best_of_visual``)."""
     from mm1d.tokenization.videoflextok import chunk_spans
 
     vt, vocab, cfg = pipe._need("video"), pipe.vocab, pipe.config
@@ -145,6 +225,12 @@ def text_to_video(
     groups = _prompts(prompt, len(inputs))
     if inputs and len(inputs) not in (1, len(groups)):
         raise ValueError(f"got {len(inputs)} conditioning inputs for {len(groups)} prompts (give 1 or one per prompt)")
+    if rerank:
+        return best_of_visual(
+            pipe, "video", groups, num_samples, seed, budget, rerank, previews,
+            lambda ns, sd, bd: text_to_video(pipe, prompt, imgs, vids, bd, num_frames, cfg_scale, image_cfg_scale,
+                                             num_samples=ns, seed=sd, params=params, preset=preset,
+                                             decoder_steps=decoder_steps, previews=[], callback=callback))
     G, B = len(groups), len(groups) * num_samples
     size = vt.cfg.image_size
     given: torch.Tensor | None = None  # (G, p, N) forced first steps
@@ -353,8 +439,7 @@ def caption(
                     f"a video of {num_frames_for_steps(c.shape[0])} frames has {c.shape[0]} time steps; the model "
                     f"knows at most {vocab.max_time_steps} (<nt_1>..<nt_{vocab.max_time_steps}>): trim the video"
                 )
-    if isinstance(rerank, bool) or not isinstance(rerank, int) or rerank < 0:
-        raise ValueError(f"rerank must be a non-negative integer (candidates to draw), got {rerank!r}")
+    _check_rerank(rerank)
     task = "i2t" if modality == "image" else "v2t"
     inputs_b = [codes[b // num_samples][..., : budgets[b]].numpy() for b in range(B)]
 
@@ -380,7 +465,7 @@ def caption(
     if rerank:
         # candidate j of row b: its own seed, distinct across rows and candidates for non-negative seeds
         rows = [b for b in range(B) for _ in range(rerank)]
-        cand_seeds = [seeds[b] * (rerank + 1) + j + 1 for b in range(B) for j in range(rerank)]
+        cand_seeds = [c for j, c in enumerate(candidate_seeds(seeds, rerank)) if j % (rerank + 1)]
         drawn, n = run(rows, SamplingParams(preset.rerank_temperature, params.top_k, params.top_p), cand_seeds)
         n_sampled += n
         pool = [[caps[b]] + drawn[b * rerank : (b + 1) * rerank] for b in range(B)]

@@ -421,8 +421,10 @@ class Pipeline:
             image_cfg_scale: first-frame guidance scale for text-image-to-video.
             max_new_tokens: caption length limit.
             callback: receives each ``Preview`` (and each finished video chunk).
-            rerank: captioning: also draw this many candidate captions and keep the best by
-                ``log p(caption | input) + w log p(input | caption)`` (``mm1d.scoring``); 0 off, None: preset.
+            rerank: also draw this many candidates per sample and keep the best (0 off, None: preset).
+                Captions: by ``log p(caption | input) + w log p(input | caption)`` (``mm1d.scoring``). Images
+                and videos: by ``log p(prompt | candidate)``, the model captioning each decoded candidate
+                after tokenizing it again (needs a prompt; ``generation_tasks.best_of_visual``).
 
         Returns:
             A ``GenerationResult``.
@@ -452,8 +454,7 @@ class Pipeline:
                 raise ValueError(f"max_new_tokens must be a positive integer, got {n_new!r}")
             return caption(self, prompt, imgs, vids, budget, n_new, **opts,
                            rerank=preset.rerank if rerank is None else rerank)
-        if rerank is not None:
-            raise ValueError(f"rerank applies to captioning (modality='text'), not modality={modality!r}")
+        opts["rerank"] = preset.rerank if rerank is None else rerank
         if modality == "image":
             if imgs is not None or vids is not None:
                 raise ValueError("modality='image' takes no images=/videos=; caption them with modality='text', "

@@ -244,6 +244,7 @@ def test_eval_t2i_end_to_end(assets: SimpleNamespace, tmp_path: Path) -> None:
     s = r["settings"]
     assert s["sampler"]["cfg_scale"] == 2.5 and s["sampler"]["top_k"] == 50 and s["seed"] == 7
     assert s["sampler"]["temperature"] == 1.0 and s["budgets_run"] == ["k2", "auto"] and s["num_samples"] == 2
+    assert s["sampler"]["rerank"] == 0 and "best of" not in r["title"]  # the image preset draws one candidate
     for label in ("k2", "auto"):  # GenEval layout: <index:05d>/metadata.jsonl + samples/<i:04d>.png
         folders = sorted((gen / label).iterdir())
         assert [f.name for f in folders] == ["00000", "00001", "00002"]
@@ -265,9 +266,10 @@ def test_eval_t2v_end_to_end(assets: SimpleNamespace, tmp_path: Path) -> None:
     out = tmp_path / "t2v"
     _script("eval_t2v").main(["--model", str(assets.bundle), "--out", str(out), "--num", "2", "--frames", "9",
                               "--budgets", "1,4,auto", "--i3d", str(assets.i3d), "--clip", str(assets.clip),
-                              "--no-progress"])
+                              "--rerank", "1", "--no-progress"])
     r = read_results(out)
     assert r["kind"] == "t2v-shapes" and r["budgets"] == [1, 4] and r["budget_name"] == "k per time step"
+    assert r["settings"]["sampler"]["rerank"] == 1 and r["title"].endswith(", best of 2)")
     for row in (r["metrics"]["1"], r["metrics"]["4"], r["summary"]["auto"]):
         assert row["fvd"] >= 0 and row["clipsim"] >= 0
         assert {"seen/motion_colour", "seen/motion", "ceiling/seen/motion_colour"} <= set(row)

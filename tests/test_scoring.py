@@ -99,5 +99,39 @@ def test_caption_rerank_keeps_the_best_candidate(pipe: inference.Pipeline) -> No
     assert "rerank" not in plain.metadata
     with pytest.raises(ValueError, match="non-negative"):
         pipe.generate(None, "text", images=imgs, rerank=-1)
-    with pytest.raises(ValueError, match="captioning"):
-        pipe.generate("a red circle", "image", rerank=2)
+
+
+@pytest.mark.parametrize("modality", ["image", "video"])
+def test_visual_rerank_keeps_the_candidate_the_model_captions_best(pipe: inference.Pipeline, modality: str) -> None:
+    """generate(prompt, image/video, rerank=r): each sample is, of its 1 + r candidates (seeds s, s(r+1)+j), the
+    one whose decoded pixels, tokenized again, give the prompt the highest captioning log-likelihood."""
+    if modality == "video" and not HAVE_VIDEO:
+        pytest.skip("no video tokenizer")
+    prompts, r, seed = ["a red circle", "two blue squares"], 2, 3
+    kw: dict = dict(budget=4, cfg_scale=1.0) if modality == "image" else dict(budget=2, num_frames=5)
+    res = pipe.generate(prompts, modality, seed=seed, rerank=r, **kw)
+    assert res.metadata["rerank"] == r and len(res.tokens) == 2
+    tok = pipe.image if modality == "image" else pipe.video
+    for b, prompt in enumerate(prompts):
+        seeds = [seed + b] + [(seed + b) * (r + 1) + j for j in range(1, r + 1)]
+        assert res.metadata["candidate_seeds"][b * (r + 1): (b + 1) * (r + 1)] == seeds
+        cands = [pipe.generate([prompt], modality, seed=[s], rerank=0, **kw) for s in seeds]
+        if modality == "image":
+            size = tok.cfg.image_size
+            again = [tok.tokenize(inference.load_image(c.images[0], size)[None])[0].numpy() for c in cands]
+        else:
+            size = tok.cfg.image_size
+            again = [tok.tokenize(inference.load_video(c.videos[0], size)[None])[0].numpy() for c in cands]
+        cap = np.asarray(pipe.text.encode(prompt), dtype=np.int64)
+        task = "i2t" if modality == "image" else "v2t"
+        scores = rerank_scores(pipe.model, pipe.vocab, task, again, [cap] * len(again), 0.0)
+        best = int(torch.argmax(scores))
+        assert torch.equal(res.tokens[b], cands[best].tokens[0])
+        assert res.metadata["seeds"][b] == seeds[best]  # the chosen sample regenerates alone from its seed
+        assert res.metadata["rerank_scores"][b] == pytest.approx(scores[best].item(), abs=1e-4)
+    with pytest.raises(ValueError, match="needs a text prompt"):
+        pipe.generate(None, modality, rerank=1, **kw)
+    with pytest.raises(ValueError, match="preview_every"):
+        pipe.generate(prompts[:1], modality, rerank=1, preview_every=[1], **kw)
+    with pytest.raises(ValueError, match="non-negative"):
+        pipe.generate(prompts[:1], modality, rerank=-2, **kw)

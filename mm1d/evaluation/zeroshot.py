@@ -212,10 +212,10 @@ class Sweep:
         preset = getattr(self.pipe.config, "text" if c.task == "caption" else self.modality)
         out = {"temperature": preset.temperature if c.temperature is None else c.temperature,
                "top_k": preset.top_k if c.top_k is None else c.top_k,
-               "top_p": preset.top_p if c.top_p is None else c.top_p}
+               "top_p": preset.top_p if c.top_p is None else c.top_p,
+               "rerank": preset.rerank if c.rerank is None else c.rerank}
         if c.task == "caption":
             out["max_new_tokens"] = preset.max_new_tokens if c.max_new_tokens is None else c.max_new_tokens
-            out["rerank"] = preset.rerank if c.rerank is None else c.rerank
             if out["rerank"]:
                 out.update(rerank_weight=preset.rerank_weight, rerank_temperature=preset.rerank_temperature)
             out["cfg_scale"] = 1.0  # captioning samples without guidance
@@ -243,7 +243,7 @@ class Sweep:
         if self.modality == "video":
             kw["num_frames"] = self.frames
         return self.pipe.generate(g.prompts[start:stop], self.modality, budget=budget, cfg_scale=c.cfg_scale,
-                                  decoder_steps=c.decoder_steps, **kw)
+                                  decoder_steps=c.decoder_steps, rerank=c.rerank, **kw)
 
     def produce(self, g: Group, budget: Budget, bar: tqdm, first_index: int = 0) -> Made:
         """Run the model on every input of ``g`` at ``budget`` and take its metrics batch by batch.
@@ -512,9 +512,10 @@ def run_zeroshot(cfg: ZeroShotEvalConfig, pipe: Any, meters: Meters | None = Non
     extra = ("fid", "clip_score", "fvd", "clipsim", "cider")
     names = summary["headline"] + [n for n in rows[str(sw.budgets[0])] if n.split("/")[-1] in extra]
     model_name = Path(cfg.model).name if cfg.model else "default bundle"
+    rr = settings["sampler"]["rerank"]
     results = make_results(
         f"{kind}-{cfg.benchmark}", settings, ints, {b: rows[str(b)] for b in ints},
-        title=f"{TITLES[kind]}, {cfg.benchmark} ({model_name})",
+        title=f"{TITLES[kind]}, {cfg.benchmark} ({model_name}{f', best of {rr + 1}' if rr else ''})",
         budget_name="k per time step" if sw.modality == "video" else "k", summary=summary, samples=samples,
         media=["quality_vs_budget.png"] if names else [])
     if names:

@@ -56,12 +56,13 @@ def build_parser(task: str, doc: str | None) -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=None)
     p.add_argument("--top-p", type=float, default=None)
     p.add_argument("--decoder-steps", type=int, default=None, help="tokenizer decoder Euler steps")
+    p.add_argument("--rerank", type=int, default=None,
+                   help="extra candidates per sample, the best kept: captions by log p(caption|input) + "
+                        "w log p(input|caption), images and videos by log p(prompt|sample); 0: off "
+                        "(default: the bundle's preset)")
     if task == "caption":
         p.add_argument("--modality", choices=("image", "video"), default="image", help="what to caption")
         p.add_argument("--max-new-tokens", type=int, default=None)
-        p.add_argument("--rerank", type=int, default=None,
-                       help="candidate captions reranked by log p(caption|input) + w log p(input|caption); "
-                            "0: greedy only (default: the bundle's preset)")
         p.add_argument("--auto-psnr", type=float, default=d.auto_psnr,
                        help="'auto': smallest k whose reconstruction reaches this PSNR (dB)")
         p.add_argument("--auto-video-psnr", type=float, default=d.auto_video_psnr,
