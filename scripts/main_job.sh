@@ -53,7 +53,13 @@ evaluate() {
   $PY eval/eval_caption.py --config configs/eval/shapesbench_caption.yaml --model "$m" --num "$EVAL_NUM" --out "$o/caption"
   $PY eval/eval_caption.py --config configs/eval/shapesbench_caption.yaml --model "$m" --num "$EVAL_NUM" \
     --modality video --out "$o/caption_video"
-  $PY eval/report.py --runs "$o/t2i" "$o/t2v" "$o/caption" "$o/caption_video" --out "$RUN/report.html"
+  # best of 8 by the model's own captioning direction (generate(..., rerank=7)), at the larger budgets
+  $PY eval/eval_t2i.py --config configs/eval/shapesbench_t2i.yaml --model "$m" --num "$EVAL_NUM" --budgets 8,16,32 \
+    --no-ceiling --rerank 7 --out "$o/t2i_best8"
+  $PY eval/eval_t2v.py --config configs/eval/shapesbench_t2v.yaml --model "$m" --num "$EVAL_NUM" --budgets 4,8,16 \
+    --no-ceiling --rerank 7 --out "$o/t2v_best8"
+  $PY eval/report.py --runs "$o/t2i" "$o/t2i_best8" "$o/t2v" "$o/t2v_best8" "$o/caption" "$o/caption_video" \
+    --out "$RUN/report.html"
 }
 
 stage 2 shapesworld shapes
