@@ -86,7 +86,8 @@ def best_of_visual(
         seed: the ``generate`` seed argument.
         budget: the ``generate`` budget argument (a per-sample list is repeated for each candidate).
         rerank: extra candidates per sample (> 0).
-        previews: must be empty (every candidate would preview).
+        previews: must be empty (every candidate would preview); a ``callback`` in ``draw`` sees every
+            candidate's finished video chunks.
         draw: ``draw(num_samples', seeds, budget)`` runs the task for ``num_samples'`` samples per prompt.
 
     Returns:
@@ -111,9 +112,9 @@ def best_of_visual(
     if modality == "image":
         pixels = torch.stack([load_image(im, size) for im in res.images]).to(pipe.device)
         codes = [c.numpy() for c in tok.tokenize(pixels).cpu()]
-    else:  # the captioning direction reads at most max_time_steps time steps
-        codes = [tok.tokenize(load_video(v, size)[None].to(pipe.device))[0, : vocab.max_time_steps].cpu().numpy()
-                 for v in res.videos]
+    else:  # candidates share one length; the captioning direction reads at most max_time_steps time steps
+        clips = torch.stack([load_video(v, size) for v in res.videos]).to(pipe.device)  # (B r1, 3, F, S, S)
+        codes = [c[: vocab.max_time_steps].numpy() for c in tok.tokenize(clips).cpu()]
     caps = [pipe._caption_ids(c) for c in captions for _ in range(num_samples * r1)]
     task = "i2t" if modality == "image" else "v2t"
     scores = rerank_scores(pipe.model, vocab, task, codes, caps, 0.0).view(B, r1)
