@@ -148,8 +148,7 @@ def save_recon_grid(model: nn.Module, originals: torch.Tensor, budgets: list[int
 def calibrate_for_release(model: nn.Module, cfg: Any, kind: str) -> int:
     """Recompute ``model``'s FSQ batch-norm statistics on ``cfg.data.calibrate_batches`` batches that the run
     does not train on (``quant_norm`` "batch" or "renorm" only, not for ``freeze_encoder`` or ``freeze_quantizer``
-    runs). Returns
-    the number of samples used (0: nothing to do)."""
+    runs). Returns the number of samples used (0: nothing to do)."""
     if (cfg.model.quant_norm not in BATCH_NORMS or cfg.data.calibrate_batches <= 0 or cfg.freeze_encoder
             or cfg.freeze_quantizer):
         return 0  # (a frozen quantizer keeps init_from's statistics: the ones the run trained with)
