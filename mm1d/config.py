@@ -522,6 +522,9 @@ class VisualTokenizerConfig:
     # hidden width of MLP patch stems (encoder and decoder input) and of an MLP output head; 0: linear
     # ones, which see and emit only an enc_dim / dec_dim-dimensional subspace of each patch
     patch_mlp: int = 0
+    # hidden width of the decoder's MLP output head alone (None: patch_mlp). A linear head emits only a
+    # dec_dim-dimensional subspace of each patch: a video tubelet patch (8 px, 12 channels) has 768 values
+    head_mlp: int | None = None
     quant_renorm_warmup: int = 0  # quant_norm="renorm": training batches normalized with batch statistics first
     qk_norm: bool = True
     register_modulation: bool = True  # separate adaLN modulation for patches and registers

@@ -105,6 +105,28 @@ def test_adaln_zero_init_is_identity_and_groups() -> None:
         blk(x, cond)
 
 
+@pytest.mark.parametrize("dim,out_dim", [(16, 40), (16, 6)])
+def test_adaln_final_widens_exactly(dim: int, out_dim: int) -> None:
+    """An MLP head widened from a linear head computes the same function, then trains its extra units."""
+    torch.manual_seed(0)
+    old = AdaLNFinal(dim, out_dim, num_groups=2)
+    for p in old.parameters():
+        torch.nn.init.normal_(p, std=0.5)
+    r = min(dim, out_dim)
+    wide = AdaLNFinal(dim, out_dim, num_groups=2, hidden=2 * r + 9)
+    wide.widen_from(old)
+    x, cond = torch.randn(3, 5, dim), torch.randn(3, 5, dim)
+    groups = torch.tensor([0, 0, 0, 1, 1])
+    torch.testing.assert_close(wide(x, cond, groups), old(x, cond, groups), atol=1e-4, rtol=1e-4)
+    # the extra units have random inputs and zero outputs: the loss reaches their output weights
+    wide(x, cond, groups).square().sum().backward()
+    assert wide.out[1].weight.grad[:, 2 * r:].abs().sum() > 0
+    with pytest.raises(ValueError, match=f"at least {2 * r} hidden units"):
+        AdaLNFinal(dim, out_dim, num_groups=2, hidden=2 * r - 1).widen_from(old)
+    with pytest.raises(ValueError, match="linear head into an MLP head"):
+        AdaLNFinal(dim, out_dim, num_groups=2, hidden=2 * r).widen_from(wide)
+
+
 def test_embeddings() -> None:
     pe = sincos_2d(4, 3, 16)
     assert pe.shape == (12, 16)

@@ -113,6 +113,16 @@ def test_decoder_finetune_keeps_the_token_ids(kind: str, tmp_path: Path) -> None
     with pytest.raises(ValueError, match="do not fit this run's model section"):  # shrinking is refused
         init_from_bundle(tokenizer_class(kind)(base.cfg), str(tmp_path / "grown"), x, frozen=True)
 
+    # a linear output head widens into an MLP head (model.head_mlp) that starts as the bundle's head
+    wide = tokenizer_class(kind)(replace(base.cfg, head_mlp=3 * base.cfg.dec_dim)).eval()
+    init_from_bundle(wide, str(tmp_path / "base" / "bundle"), x, frozen=True)
+    assert wide.dec_final.out is not None and base.dec_final.out is None
+    assert base.dec_final.linear.weight.abs().sum() > 0  # trained away from its zero init
+    torch.testing.assert_close(wide.autoencode(x, k), base.autoencode(x, k), atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="needs at least"):
+        init_from_bundle(tokenizer_class(kind)(replace(base.cfg, head_mlp=base.cfg.dec_dim)),
+                         str(tmp_path / "base" / "bundle"), x, frozen=True)
+
     # freeze_quantizer: encoder and decoder train, the FSQ statistics stay those of init_from (no recalibration)
     _train(kind, tmp_path / "fq", 2, [*extra, f"init_from={tmp_path / 'base' / 'bundle'}", "freeze_quantizer=true",
                                       "optim.lr=1e-2", "seed=2"])

@@ -364,6 +364,40 @@ class AdaLNFinal(nn.Module):
         h = self.linear(layer_norm_fp32(x) * (1 + scale) + shift)
         return h if self.out is None else self.out(h)
 
+    @torch.no_grad()
+    def widen_from(self, linear_head: AdaLNFinal) -> None:
+        """Take over a linear head's function exactly, as the first units of this MLP head.
+
+        With ``W = U V`` (a rank-``r`` split of the old weight, ``r = min(dim, out_dim)``), units ``0..r-1``
+        compute ``GELU(V h)`` and units ``r..2r-1`` compute ``GELU(-V h)``; since ``GELU(z) - GELU(-z) = z``,
+        output weights ``[U, -U]`` give back ``W h + b``. The other hidden units keep their random input
+        weights and get zero output weights, so they add capacity without changing the function at start.
+
+        Raises:
+            ValueError: this head is not an MLP of at least ``2 r`` hidden units, or the shapes differ.
+        """
+        if linear_head.out is not None or self.out is None:
+            raise ValueError("widen_from copies a linear head into an MLP head")
+        w, b = linear_head.linear.weight.float(), linear_head.linear.bias.float()  # (O, D), (O,)
+        r = min(w.shape)
+        hidden = self.linear.out_features
+        if self.linear.in_features != w.shape[1] or self.out[1].out_features != w.shape[0] or hidden < 2 * r:
+            raise ValueError(f"cannot widen a {w.shape[1]}->{w.shape[0]} linear head into a "
+                             f"{self.linear.in_features}->{hidden}->{self.out[1].out_features} MLP head "
+                             f"(it needs at least {2 * r} hidden units)")
+        u, s, vt = torch.linalg.svd(w, full_matrices=False)  # (O, r), (r,), (r, D)
+        root = s.sqrt()
+        up, down = vt * root[:, None], u * root[None]  # (r, D), (O, r)
+        self.modulation.load_state_dict(linear_head.modulation.state_dict())
+        dtype = self.linear.weight.dtype
+        self.linear.weight[:r] = up.to(dtype)
+        self.linear.weight[r:2 * r] = -up.to(dtype)
+        self.linear.bias[: 2 * r] = 0.0
+        self.out[1].weight.zero_()
+        self.out[1].weight[:, :r] = down.to(dtype)
+        self.out[1].weight[:, r:2 * r] = -down.to(dtype)
+        self.out[1].bias.copy_(b.to(dtype))
+
 
 class PatchStem(nn.Linear):
     """Patch embedding ``(..., in_dim) -> (..., out_dim)``: a linear map, or with ``hidden > 0`` an MLP

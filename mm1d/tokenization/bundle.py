@@ -127,7 +127,8 @@ class RegisterTokenizer(nn.Module):
                 for _ in range(cfg.dec_depth)
             ]
         )
-        self.dec_final = AdaLNFinal(dd, patch_dim, num_groups=groups, hidden=cfg.patch_mlp)
+        head = cfg.patch_mlp if cfg.head_mlp is None else cfg.head_mlp
+        self.dec_final = AdaLNFinal(dd, patch_dim, num_groups=groups, hidden=head)
 
     def _init_weights(self) -> None:
         for m in self.modules():

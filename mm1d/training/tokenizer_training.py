@@ -204,6 +204,10 @@ def init_from_bundle(model: nn.Module, ref: str, probe: torch.Tensor, frozen: bo
 
     source = type(model).from_pretrained(resolve_asset(ref))
     state = source.state_dict()
+    widen = source.dec_final.out is None and model.dec_final.out is not None
+    if widen:  # a linear output head grows into the run's MLP head (AdaLNFinal.widen_from)
+        state = {k: v for k, v in state.items() if not k.startswith("dec_final.")}
+        state.update({k: v for k, v in model.state_dict().items() if k.startswith("dec_final.")})
     grown = sorted({int(k.split(".")[1]) for k in set(model.state_dict()) - set(state)
                     if k.startswith("dec_blocks.")})
     old_depth = source.cfg.dec_depth
@@ -222,6 +226,13 @@ def init_from_bundle(model: nn.Module, ref: str, probe: torch.Tensor, frozen: bo
         # adaLN-zero blocks start with zero gates, so the grown decoder computes the bundle's function
         print0(f"init_from={ref}: decoder grown from {old_depth} to {model.cfg.dec_depth} blocks (the new "
                "blocks start as identities)")
+    if widen:
+        try:
+            model.dec_final.widen_from(source.dec_final)
+        except ValueError as e:
+            raise ValueError(f"init_from={ref}: {e} (model.head_mlp)") from e
+        print0(f"init_from={ref}: linear output head widened to an MLP of {model.dec_final.linear.out_features} "
+               "units (it starts as the bundle's head)")
     if frozen and not torch.equal(model.tokenize(probe), source.tokenize(probe)):
         raise ValueError(f"init_from={ref}: this run's model section gives different token ids than the bundle's "
                          "own config; with freeze_encoder the encoder fields and quant_norm must match it")
