@@ -2,7 +2,8 @@
 
     python eval/eval_caption.py --model BUNDLE --out DIR [--modality image|video] [--benchmark shapes|folder]
         [--budgets 1,2,4,auto] [--num N] [--splits val,holdout] [--frames F] [--temperature T]
-        [--max-new-tokens M] [--auto-psnr DB] [--inputs DIR --references FILE] [--tokenization python|ptb]
+        [--max-new-tokens M] [--rerank R] [--refine R] [--auto-psnr DB] [--inputs DIR --references FILE]
+        [--tokenization python|ptb]
 
 The budget is how many tokens of each input (per time step for videos) the model sees. 'auto' uses the
 adaptive rule of pretokenization: the smallest k in 1, 2, 4, ..., N whose reconstruction reaches --auto-psnr.

@@ -752,6 +752,13 @@ class SamplerPreset:
     rerank: int = 0
     rerank_weight: float = 1.0
     rerank_temperature: float = 1.0
+    # text only: then edit the kept caption one token at a time, at most refine edits, trying the
+    # refine_alternatives likeliest other tokens at each position, scored with refine_weight on log p(input | c)
+    # and refine_edit_weight on the edited token's own captioning log-probability (mm1d.scoring.refine_captions)
+    refine: int = 0
+    refine_alternatives: int = 3
+    refine_weight: float = 2.0
+    refine_edit_weight: float = 0.5
 
 
 @dataclass
@@ -846,6 +853,7 @@ class ZeroShotEvalConfig:
     decoder_steps: int | None = None
     max_new_tokens: int | None = None  # captioning
     rerank: int | None = None  # extra candidates per sample, best kept (SamplerPreset.rerank); None: preset
+    refine: int | None = None  # captions: single-token edits after reranking (SamplerPreset.refine); None: preset
     auto_psnr: float = 24.0  # captioning "auto": smallest k whose reconstruction reaches this PSNR (dB)
     auto_video_psnr: float | None = None  # the same for video inputs; None: auto_psnr
     ceiling: bool = True  # judge the tokenizer's own reconstructions of the same inputs at each budget

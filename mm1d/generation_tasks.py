@@ -37,7 +37,7 @@ from mm1d.sampling import (
     generation_program,
     understanding_program,
 )
-from mm1d.scoring import rerank_scores
+from mm1d.scoring import refine_captions, rerank_scores
 from mm1d.sequence import SequenceSample, parse_document
 from mm1d.tokenization.video_latents import check_num_frames, num_frames_for_steps, num_steps_for_frames
 
@@ -406,13 +406,14 @@ def text_to_video(
 def caption(
     pipe: Pipeline, prompt: Any, imgs: list[Any] | None, vids: list[Any] | None, budget: Any, max_new: int, *,
     num_samples: int, seed: Any, params: SamplingParams, preset: SamplerPreset, decoder_steps: int | None,
-    previews: list[int], callback: Callable[[Preview], None] | None, rerank: int = 0,
+    previews: list[int], callback: Callable[[Preview], None] | None, rerank: int = 0, refine: int = 0,
 ) -> GenerationResult:
     """I2T / V2T; ``prompt`` (optional) is a caption prefix per input.
 
     With ``rerank > 0`` each sample is the best of ``1 + rerank`` candidates (the ``params`` decode and
     ``rerank`` draws at ``preset.rerank_temperature``) by ``mm1d.scoring.rerank_scores`` with
-    ``preset.rerank_weight``.
+    ``preset.rerank_weight``. With ``refine > 0`` the kept caption then gets at most ``refine`` single-token
+    edits by ``mm1d.scoring.refine_captions`` (``preset.refine_*``); a caption prefix is never edited.
     """
     modality = "image" if imgs is not None else "video"
     tok, vocab = pipe._need(modality), pipe.vocab
@@ -441,6 +442,8 @@ def caption(
                     f"knows at most {vocab.max_time_steps} (<nt_1>..<nt_{vocab.max_time_steps}>): trim the video"
                 )
     _check_rerank(rerank)
+    if isinstance(refine, bool) or not isinstance(refine, int) or refine < 0:
+        raise ValueError(f"refine must be a non-negative integer (edits per caption), got {refine!r}")
     task = "i2t" if modality == "image" else "v2t"
     inputs_b = [codes[b // num_samples][..., : budgets[b]].numpy() for b in range(B)]
 
@@ -481,6 +484,18 @@ def caption(
                 best[b], caps[b] = v, c
         meta = dict(rerank=rerank, rerank_weight=preset.rerank_weight, rerank_temperature=preset.rerank_temperature,
                     rerank_scores=best.tolist())
+    if refine:
+        rows = [b for b in range(B) if len(caps[b])]
+        fixed = [len(pipe.text.encode(prefixes[b // num_samples])) if prefixes[b // num_samples] else 0
+                 for b in rows]
+        done, edits = refine_captions(pipe.model, vocab, task, [inputs_b[b] for b in rows], [caps[b] for b in rows],
+                                      rounds=refine, alternatives=preset.refine_alternatives,
+                                      weight=preset.refine_weight, edit_weight=preset.refine_edit_weight,
+                                      frozen=fixed, text_pieces=pipe.text.vocab_size)
+        n_edits = [0] * B
+        for b, c, e in zip(rows, done, edits):
+            caps[b], n_edits[b] = c, e
+        meta.update(refine=refine, refine_edits=n_edits)
     t_sample = clock()
     tokens = [torch.from_numpy(c) for c in caps]
     texts = [pipe.text.decode(c.tolist()) for c in caps]

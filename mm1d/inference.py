@@ -398,6 +398,7 @@ class Pipeline:
         max_new_tokens: int | None = None,
         callback: Callable[[Preview], None] | None = None,
         rerank: int | None = None,
+        refine: int | None = None,
     ) -> GenerationResult:
         """Generate images, videos or captions (see the module docstring for the tasks).
 
@@ -425,6 +426,9 @@ class Pipeline:
                 Captions: by ``log p(caption | input) + w log p(input | caption)`` (``mm1d.scoring``). Images
                 and videos: by ``log p(prompt | candidate)``, the model captioning each decoded candidate
                 after tokenizing it again (needs a prompt; ``generation_tasks.best_of_visual``).
+            refine: captions only: at most this many single-token edits of each kept caption, each one
+                raising ``log p(caption | input)`` (edited token down-weighted) + w ``log p(input | caption)``
+                (``mm1d.scoring.refine_captions``; 0 off, None: preset).
 
         Returns:
             A ``GenerationResult``.
@@ -453,7 +457,10 @@ class Pipeline:
             if isinstance(n_new, bool) or not isinstance(n_new, int) or n_new < 1:
                 raise ValueError(f"max_new_tokens must be a positive integer, got {n_new!r}")
             return caption(self, prompt, imgs, vids, budget, n_new, **opts,
-                           rerank=preset.rerank if rerank is None else rerank)
+                           rerank=preset.rerank if rerank is None else rerank,
+                           refine=preset.refine if refine is None else refine)
+        if refine:
+            raise ValueError("refine edits captions (modality='text'); images and videos take rerank=")
         opts["rerank"] = preset.rerank if rerank is None else rerank
         if modality == "image":
             if imgs is not None or vids is not None:

@@ -5,6 +5,13 @@ A unified model scores a caption ``c`` of a visual input ``x`` two ways: as capt
 ``rerank_scores`` combines them, ``log p(c | x) + w log p(x | c)``: candidates drawn from the captioning
 direction are checked by the generation direction, which a model learns from the dense loss on every visual
 code (a noisy-channel reranker; with ``w`` large it is a generative classifier over the candidates).
+
+``refine_captions`` then edits the kept caption one token at a time. Sampling from the captioning direction
+never proposes a colour-shape pair that the training captions lack ("red triangle" when red only ever came
+with circles and squares), while the generation direction does prefer it for an image that shows one. Each
+round tries the top alternatives at every caption position and keeps the best edit by
+``sum_{i != j} delta log p(c_i | x, c_<i) + e * delta log p(c_j | ...) + w * delta log p(x | c)``: the edited
+token is judged mostly by the generation direction (``e < 1``), the rest of the caption must stay as likely.
 """
 
 from __future__ import annotations
@@ -60,6 +67,166 @@ def document_logprobs(
     return out
 
 
+def generation_logprobs(
+    model: torch.nn.Module, vocab: Vocab, task: str, codes: Sequence[np.ndarray], captions: Sequence[np.ndarray],
+    batch_size: int = 64,
+) -> torch.Tensor:
+    """``log p(codes | caption)`` under the generation document (T2I / T2V) of each (codes, caption) pair.
+
+    Args:
+        task: the understanding task, ``"i2t"`` (codes ``(k,)``) or ``"v2t"`` (codes ``(T, k)``), local ids.
+        codes, captions: the pairs (captions as local text ids).
+
+    Returns:
+        ``(len(captions),)`` float32.
+    """
+    _check_pairs(task, codes, captions)
+    gen = [build_document(SequenceSample(GENERATION_OF[task], c, x), vocab) for x, c in zip(codes, captions)]
+    visual = [np.isin(d.modality, (MOD_IMAGE, MOD_VIDEO)) for d in gen]
+    return document_logprobs(model, gen, visual, vocab.pad_id, batch_size)
+
+
+def _check_pairs(task: str, codes: Sequence[np.ndarray], captions: Sequence[np.ndarray]) -> None:
+    if task not in GENERATION_OF:
+        raise ValueError(f"rerank scores captions of images or videos (i2t/v2t), got task {task!r}")
+    if len(codes) != len(captions):
+        raise ValueError(f"got {len(captions)} captions for {len(codes)} inputs")
+
+
+@torch.no_grad()
+def caption_token_logprobs(
+    model: torch.nn.Module, vocab: Vocab, task: str, codes: Sequence[np.ndarray], captions: Sequence[np.ndarray],
+    alternatives: int = 0, text_pieces: int | None = None, batch_size: int = 64,
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Per-token captioning log-probabilities, and the most likely other text tokens at each caption position.
+
+    Args:
+        task: ``"i2t"`` or ``"v2t"``.
+        codes, captions: the pairs; each caption ``(n,)`` local text ids, non-empty.
+        alternatives: how many other text tokens to return per position (0: none).
+        text_pieces: alternatives come from local ids ``[0, text_pieces)``, the ids the text tokenizer can
+            produce (default: the model's whole text range).
+
+    Returns:
+        ``(logps, alts)``: per pair, ``(n + 1,)`` float64 ``log p(c_i | x, c_<i)`` of the caption tokens then
+        ``<eos>``, and ``(n, alternatives)`` int64 local text ids, by descending probability, never ``c_i``.
+    """
+    _check_pairs(task, codes, captions)
+    docs = [build_document(SequenceSample(task, c, x), vocab) for x, c in zip(codes, captions)]
+    lo, hi = vocab.range("text")
+    if text_pieces is not None:
+        if not 1 < text_pieces <= hi - lo:
+            raise ValueError(f"text_pieces must be in [2, {hi - lo}], got {text_pieces}")
+        hi = lo + text_pieces
+    device = next(model.parameters()).device
+    logps: list[np.ndarray] = []
+    alts: list[np.ndarray] = []
+    for start in range(0, len(docs), batch_size):
+        chunk = docs[start : start + batch_size]
+        ids = torch.full((len(chunk), max(len(d) for d in chunk)), vocab.pad_id, dtype=torch.long)
+        for r, d in enumerate(chunk):
+            ids[r, : len(d)] = torch.from_numpy(d.ids)
+        logp = torch.log_softmax(model(ids.to(device)).float(), dim=-1).cpu()  # (B, L, V)
+        for r, d in enumerate(chunk):
+            pos = np.flatnonzero(~d.prompt & (np.arange(len(d)) > 0))  # caption tokens, then <eos>
+            n = len(pos) - 1
+            rows = logp[r, torch.from_numpy(pos - 1)]  # (n + 1, V): row i predicts token pos[i]
+            logps.append(rows.gather(1, torch.from_numpy(d.ids[pos])[:, None])[:, 0].double().numpy())
+            if alternatives:
+                text = rows[:n, lo:hi].clone()  # (n, text vocab)
+                cur = torch.from_numpy(d.ids[pos[:n]] - lo)
+                inside = cur < hi - lo
+                text[torch.arange(n)[inside], cur[inside]] = -float("inf")
+                alts.append(torch.topk(text, min(alternatives, hi - lo - 1), dim=1).indices.numpy().astype(np.int64))
+            else:
+                alts.append(np.zeros((n, 0), dtype=np.int64))
+    return logps, alts
+
+
+def refine_captions(
+    model: torch.nn.Module,
+    vocab: Vocab,
+    task: str,
+    codes: Sequence[np.ndarray],
+    captions: Sequence[np.ndarray],
+    *,
+    rounds: int,
+    alternatives: int,
+    weight: float,
+    edit_weight: float,
+    frozen: Sequence[int] | None = None,
+    text_pieces: int | None = None,
+    batch_size: int = 64,
+) -> tuple[list[np.ndarray], list[int]]:
+    """Hill-climb each caption by single-token edits (see the module docstring).
+
+    Each round, every caption position ``j`` is tried with its ``alternatives`` most likely other text tokens
+    under ``p(. | x, c_<j)``. An edit ``c -> c'`` gains
+    ``sum_{i != j} [log p(c'_i | .) - log p(c_i | .)] + edit_weight [log p(c'_j | .) - log p(c_j | .)]
+    + weight [log p(x | c') - log p(x | c)]`` (``i`` runs over the caption tokens and ``<eos>``). The best
+    edit with a positive gain is applied; a caption with none stops.
+
+    Args:
+        task: ``"i2t"`` or ``"v2t"``.
+        codes: the visual input of each caption, local ids.
+        captions: ``(n,)`` local text ids each, non-empty.
+        rounds: at most this many edits per caption.
+        alternatives: tokens tried per position.
+        weight: weight of the generation direction.
+        edit_weight: weight of the edited token's own captioning log-probability (1: the plain sum).
+        frozen: per caption, how many leading tokens are never edited (a given caption prefix); default 0.
+        text_pieces: edits use local text ids ``[0, text_pieces)`` (the text tokenizer's size).
+
+    Returns:
+        ``(captions, edits)``: the refined captions and the number of edits applied to each.
+    """
+    _check_pairs(task, codes, captions)
+    caps = [np.asarray(c, dtype=np.int64) for c in captions]
+    if any(len(c) == 0 for c in caps):
+        raise ValueError("refine_captions needs non-empty captions")
+    keep = [0] * len(caps) if frozen is None else [int(f) for f in frozen]
+    if len(keep) != len(caps):
+        raise ValueError(f"got {len(keep)} frozen lengths for {len(caps)} captions")
+    edits = [0] * len(caps)
+    active = list(range(len(caps)))
+    for _ in range(rounds):
+        if not active:
+            break
+        cur_lp, cur_alts = caption_token_logprobs(model, vocab, task, [codes[i] for i in active],
+                                                  [caps[i] for i in active], alternatives, text_pieces, batch_size)
+        cur_gen = generation_logprobs(model, vocab, task, [codes[i] for i in active], [caps[i] for i in active],
+                                      batch_size).double().numpy()
+        owner, where, cands = [], [], []
+        for a, i in enumerate(active):
+            for j in range(keep[i], len(caps[i])):
+                for v in cur_alts[a][j]:
+                    c = caps[i].copy()
+                    c[j] = v
+                    owner.append(a)
+                    where.append(j)
+                    cands.append(c)
+        if not cands:
+            break
+        cand_codes = [codes[active[a]] for a in owner]
+        lp, _ = caption_token_logprobs(model, vocab, task, cand_codes, cands, 0, text_pieces, batch_size)
+        gen = generation_logprobs(model, vocab, task, cand_codes, cands, batch_size).double().numpy()
+        best = [(0.0, None)] * len(active)
+        for m, (a, j) in enumerate(zip(owner, where)):
+            old = cur_lp[a]
+            gain = (lp[m].sum() - old.sum() - (1 - edit_weight) * (lp[m][j] - old[j])
+                    + weight * (gen[m] - cur_gen[a]))
+            if gain > best[a][0]:
+                best[a] = (gain, m)
+        still = []
+        for a, i in enumerate(active):
+            m = best[a][1]
+            if m is not None:
+                caps[i], edits[i] = cands[m], edits[i] + 1
+                still.append(i)
+        active = still
+    return caps, edits
+
+
 def rerank_scores(
     model: torch.nn.Module,
     vocab: Vocab,
@@ -83,18 +250,14 @@ def rerank_scores(
     Returns:
         ``(len(captions),)`` float32 scores; higher is better.
     """
-    if task not in GENERATION_OF:
-        raise ValueError(f"rerank scores captions of images or videos (i2t/v2t), got task {task!r}")
-    if len(codes) != len(captions):
-        raise ValueError(f"got {len(captions)} captions for {len(codes)} inputs")
+    _check_pairs(task, codes, captions)
     und = [build_document(SequenceSample(task, c, x), vocab) for x, c in zip(codes, captions)]
     score = document_logprobs(model, und, [~d.prompt & (np.arange(len(d)) > 0) for d in und], vocab.pad_id,
                               batch_size)  # the caption and <eos>
     if weight:
-        gen = [build_document(SequenceSample(GENERATION_OF[task], c, x), vocab) for x, c in zip(codes, captions)]
-        visual = [np.isin(d.modality, (MOD_IMAGE, MOD_VIDEO)) for d in gen]
-        score = score + weight * document_logprobs(model, gen, visual, vocab.pad_id, batch_size)
+        score = score + weight * generation_logprobs(model, vocab, task, codes, captions, batch_size)
     return score
 
 
-__all__ = ["document_logprobs", "rerank_scores"]
+__all__ = ["caption_token_logprobs", "document_logprobs", "generation_logprobs", "refine_captions",
+           "rerank_scores"]

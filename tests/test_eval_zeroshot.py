@@ -287,16 +287,18 @@ def test_eval_caption_end_to_end(assets: SimpleNamespace, tmp_path: Path) -> Non
     assert r["kind"] == "caption-image-shapes" and r["settings"]["caption_tokenization"] == "python"
     assert {"seen/all", "heldout/shape", "seen/cider", "seen/bleu_4", "ceiling/seen/all"} <= set(r["metrics"]["2"])
     assert r["settings"]["sampler"] == {"temperature": 0.0, "top_k": 0, "top_p": 1.0, "max_new_tokens": 6,
-                                        "rerank": 16, "rerank_weight": 1.0, "rerank_temperature": 0.7,
+                                        "rerank": 16, "rerank_weight": 1.0, "rerank_temperature": 0.7, "refine": 0,
                                         "cfg_scale": 1.0, "decoder_steps": 2, "decoder_guidance": 1.0}
     assert 1 <= r["summary"]["auto"]["mean_budget"] <= 8
 
     vid = tmp_path / "capv"
     _script("eval_caption").main(["--model", str(assets.bundle), "--out", str(vid), "--modality", "video", "--num",
                                   "2", "--splits", "val", "--frames", "5", "--budgets", "4", "--rerank", "0",
-                                  "--no-progress"])
+                                  "--refine", "1", "--no-progress"])
     r = read_results(vid)
     assert r["settings"]["rerank"] == 0 and r["settings"]["sampler"]["rerank"] == 0
+    assert r["settings"]["refine"] == 1 and r["settings"]["sampler"]["refine"] == 1
+    assert r["settings"]["sampler"]["refine_weight"] == 2.0 and "up to 1 caption edits" in r["title"]
     assert {"seen/motion_colour_shape", "seen/motion", "ceiling/seen/motion_colour_shape"} <= set(r["metrics"]["4"])
 
     folder = tmp_path / "folder"

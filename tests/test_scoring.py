@@ -12,8 +12,8 @@ import torch
 
 import mm1d
 from mm1d import inference
-from mm1d.scoring import document_logprobs, rerank_scores
-from mm1d.sequence import MOD_IMAGE, MOD_VIDEO, SequenceSample, build_document
+from mm1d.scoring import document_logprobs, refine_captions, rerank_scores
+from mm1d.sequence import MOD_IMAGE, MOD_VIDEO, Document, SequenceSample, build_document
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from helpers_bundle import build_tiny_bundle  # noqa: E402
@@ -135,3 +135,87 @@ def test_visual_rerank_keeps_the_candidate_the_model_captions_best(pipe: inferen
         pipe.generate(prompts[:1], modality, rerank=1, preview_every=[1], **kw)
     with pytest.raises(ValueError, match="non-negative"):
         pipe.generate(prompts[:1], modality, rerank=-2, **kw)
+
+
+def _token_logprobs(model: torch.nn.Module, d: Document) -> tuple[np.ndarray, torch.Tensor]:
+    """Reference: one unpadded forward; log-probs of the caption tokens and <eos>, and their full rows."""
+    with torch.no_grad():
+        logp = torch.log_softmax(model(torch.from_numpy(d.ids)[None]).double()[0], dim=-1)  # (n, V)
+    pos = np.flatnonzero(~d.prompt & (np.arange(len(d)) > 0))
+    return np.array([float(logp[p - 1, d.ids[p]]) for p in pos]), logp[pos - 1]
+
+
+def _brute_force_edit(pipe: inference.Pipeline, x: np.ndarray, cap: np.ndarray, m: int, w: float, e: float,
+                      frozen: int = 0) -> np.ndarray:
+    """The single edit refine_captions must pick, from separate unpadded forwards of every candidate."""
+    vocab, model = pipe.vocab, pipe.model
+    lo, hi = vocab.range("text")
+
+    def parts(c: np.ndarray) -> tuple[np.ndarray, torch.Tensor, float]:
+        lp, rows = _token_logprobs(model, build_document(SequenceSample("i2t", c, x), vocab))
+        g = build_document(SequenceSample("t2i", c, x), vocab)
+        return lp, rows, _full_logprob(model, g.ids, g.modality == MOD_IMAGE)
+
+    lp0, rows, g0 = parts(cap)
+    best, best_gain = cap, 0.0
+    for j in range(frozen, len(cap)):
+        order = torch.argsort(rows[j, lo:hi], descending=True).tolist()
+        for v in [v for v in order if v != cap[j]][:m]:
+            c = cap.copy()
+            c[j] = v
+            lp, _, g = parts(c)
+            gain = lp.sum() - lp0.sum() - (1 - e) * (lp[j] - lp0[j]) + w * (g - g0)
+            if gain > best_gain:
+                best, best_gain = c, gain
+    return best
+
+
+def test_refine_captions_applies_the_best_single_token_edit(pipe: inference.Pipeline) -> None:
+    codes, caps = _pairs(pipe, 4)
+    kw = dict(alternatives=3, weight=2.0, edit_weight=0.5)
+    same, none = refine_captions(pipe.model, pipe.vocab, "i2t", codes, caps, rounds=0, **kw)
+    assert [c.tolist() for c in same] == [c.tolist() for c in caps] and none == [0] * 4
+    one, edits = refine_captions(pipe.model, pipe.vocab, "i2t", codes, caps, rounds=1, **kw)
+    for x, c, got, n in zip(codes, caps, one, edits):
+        want = _brute_force_edit(pipe, x, c, 3, 2.0, 0.5)
+        assert got.tolist() == want.tolist()
+        assert n == int((want != c).sum()) and n <= 1
+    assert sum(edits) >= 1  # random weights: some caption has an edit that gains
+    # a caption that stops before its last round is a local optimum: one more round leaves it alone
+    more, edits3 = refine_captions(pipe.model, pipe.vocab, "i2t", codes, caps, rounds=3, **kw)
+    again, edits_again = refine_captions(pipe.model, pipe.vocab, "i2t", codes, more, rounds=1, **kw)
+    for c, n, c2, n2 in zip(more, edits3, again, edits_again):
+        assert n <= 3
+        if n < 3:
+            assert n2 == 0 and c2.tolist() == c.tolist()
+    # frozen prefixes are never edited
+    frozen = [len(c) - 1 for c in caps]
+    tail, _ = refine_captions(pipe.model, pipe.vocab, "i2t", codes, caps, rounds=2, frozen=frozen, **kw)
+    for c, t, f in zip(caps, tail, frozen):
+        assert t[:f].tolist() == c[:f].tolist()
+    with pytest.raises(ValueError, match="non-empty"):
+        refine_captions(pipe.model, pipe.vocab, "i2t", codes[:1], [np.zeros(0, dtype=np.int64)], rounds=1, **kw)
+    with pytest.raises(ValueError, match="frozen"):
+        refine_captions(pipe.model, pipe.vocab, "i2t", codes, caps, rounds=1, frozen=[0], **kw)
+
+
+def test_caption_refine_edits_the_reranked_caption(pipe: inference.Pipeline) -> None:
+    imgs = [torch.rand(3, 16, 16, generator=torch.Generator().manual_seed(s)) * 2 - 1 for s in (2, 3)]
+    kw = dict(budget=4, max_new_tokens=6, seed=5, rerank=2)
+    base = pipe.generate(None, "text", images=imgs, **kw)
+    res = pipe.generate(None, "text", images=imgs, refine=2, **kw)
+    codes = [c[:4].numpy() for c in pipe.image.tokenize(torch.stack(imgs))]
+    t = pipe.config.text
+    want, edits = refine_captions(pipe.model, pipe.vocab, "i2t", codes, [c.numpy() for c in base.tokens], rounds=2,
+                                  alternatives=t.refine_alternatives, weight=t.refine_weight,
+                                  edit_weight=t.refine_edit_weight, text_pieces=pipe.text.vocab_size)
+    assert all(int(c.max()) < pipe.text.vocab_size for c in res.tokens)
+    assert [c.tolist() for c in res.tokens] == [c.tolist() for c in want]
+    assert res.metadata["refine_edits"] == edits and res.texts == [pipe.text.decode(c.tolist()) for c in want]
+    prefix = pipe.text.encode("a red")
+    fixed = pipe.generate("a red", "text", images=imgs, refine=3, **kw)
+    assert all(c[: len(prefix)].tolist() == prefix for c in fixed.tokens)  # the given prefix is never edited
+    with pytest.raises(ValueError, match="refine must be"):
+        pipe.generate(None, "text", images=imgs, refine=-1)
+    with pytest.raises(ValueError, match="refine edits captions"):
+        pipe.generate(["a red circle"], "image", budget=4, refine=1)

@@ -218,6 +218,10 @@ class Sweep:
             out["max_new_tokens"] = preset.max_new_tokens if c.max_new_tokens is None else c.max_new_tokens
             if out["rerank"]:
                 out.update(rerank_weight=preset.rerank_weight, rerank_temperature=preset.rerank_temperature)
+            out["refine"] = preset.refine if c.refine is None else c.refine
+            if out["refine"]:
+                out.update(refine_alternatives=preset.refine_alternatives, refine_weight=preset.refine_weight,
+                           refine_edit_weight=preset.refine_edit_weight)
             out["cfg_scale"] = 1.0  # captioning samples without guidance
         else:
             out["cfg_scale"] = preset.cfg_scale if c.cfg_scale is None else c.cfg_scale
@@ -239,7 +243,7 @@ class Sweep:
             b = self.adaptive[g.label][start:stop] if budget == AUTO else budget
             key = "images" if self.modality == "image" else "videos"
             return self.pipe.generate(None, "text", budget=b, max_new_tokens=c.max_new_tokens, rerank=c.rerank,
-                                      **{key: list(g.batch(start, stop))}, **kw)
+                                      refine=c.refine, **{key: list(g.batch(start, stop))}, **kw)
         if self.modality == "video":
             kw["num_frames"] = self.frames
         return self.pipe.generate(g.prompts[start:stop], self.modality, budget=budget, cfg_scale=c.cfg_scale,
@@ -512,10 +516,11 @@ def run_zeroshot(cfg: ZeroShotEvalConfig, pipe: Any, meters: Meters | None = Non
     extra = ("fid", "clip_score", "fvd", "clipsim", "cider")
     names = summary["headline"] + [n for n in rows[str(sw.budgets[0])] if n.split("/")[-1] in extra]
     model_name = Path(cfg.model).name if cfg.model else "default bundle"
-    rr = settings["sampler"]["rerank"]
+    rr, rf = settings["sampler"]["rerank"], settings["sampler"].get("refine", 0)
     results = make_results(
         f"{kind}-{cfg.benchmark}", settings, ints, {b: rows[str(b)] for b in ints},
-        title=f"{TITLES[kind]}, {cfg.benchmark} ({model_name}{f', best of {rr + 1}' if rr else ''})",
+        title=f"{TITLES[kind]}, {cfg.benchmark} ({model_name}{f', best of {rr + 1}' if rr else ''}"
+              f"{f', up to {rf} caption edits' if rf else ''})",
         budget_name="k per time step" if sw.modality == "video" else "k", summary=summary, samples=samples,
         media=["quality_vs_budget.png"] if names else [])
     if names:

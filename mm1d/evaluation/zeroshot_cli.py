@@ -63,6 +63,9 @@ def build_parser(task: str, doc: str | None) -> argparse.ArgumentParser:
     if task == "caption":
         p.add_argument("--modality", choices=("image", "video"), default="image", help="what to caption")
         p.add_argument("--max-new-tokens", type=int, default=None)
+        p.add_argument("--refine", type=int, default=None,
+                       help="at most this many single-token edits of each kept caption, scored by both directions "
+                            "(mm1d.scoring.refine_captions); 0: off (default: the bundle's preset)")
         p.add_argument("--auto-psnr", type=float, default=d.auto_psnr,
                        help="'auto': smallest k whose reconstruction reaches this PSNR (dB)")
         p.add_argument("--auto-video-psnr", type=float, default=d.auto_video_psnr,
@@ -115,7 +118,7 @@ def config_from_args(task: str, a: argparse.Namespace) -> ZeroShotEvalConfig:
         max_objects=a.max_objects, temperature=a.temperature, top_k=a.top_k, top_p=a.top_p,
         decoder_steps=a.decoder_steps, ceiling=not a.no_ceiling, batch_size=a.batch_size, grid_count=a.grid_count,
         device=a.device, progress=not a.no_progress)
-    per_task = ("cfg_scale", "modality", "max_new_tokens", "rerank", "auto_psnr", "auto_video_psnr", "inputs",
+    per_task = ("cfg_scale", "modality", "max_new_tokens", "rerank", "refine", "auto_psnr", "auto_video_psnr", "inputs",
                 "references", "tokenization", "prompts", "clip", "reference", "inception", "geneval_out", "i3d",
                 "frames", "fps")
     for name in per_task:
