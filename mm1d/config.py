@@ -111,17 +111,31 @@ def from_dict(schema: type[T], data: dict[str, Any], prefix: str = "") -> T:
         ConfigError: on an unknown key (with the closest valid key) or a value of the wrong type.
     """
     hints = get_type_hints(schema)
-    names = [f.name for f in dataclasses.fields(schema)]
+    fields = {f.name: f for f in dataclasses.fields(schema)}
+    names = list(fields)
     kwargs = {}
     for key, value in data.items():
         path = f"{prefix}.{key}" if prefix else key
         if key not in names:
             raise ConfigError(f"unknown config key '{path}'.{_closest(key, names)}")
+        factory = fields[key].default_factory
+        if isinstance(value, dict) and factory is not dataclasses.MISSING:
+            default = factory()
+            if dataclasses.is_dataclass(default):  # a partial section keeps this field's own defaults
+                value = _merged(to_dict(default), value)
         kwargs[key] = _convert(value, hints[key], path)
     try:
         return schema(**kwargs)
     except TypeError as e:  # a required field without default
         raise ConfigError(f"config section '{prefix or schema.__name__}': {e}") from e
+
+
+def _merged(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``update`` laid over it, nested dicts merged key by key (other values replaced)."""
+    out = dict(base)
+    for k, v in update.items():
+        out[k] = _merged(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

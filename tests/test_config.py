@@ -132,6 +132,20 @@ def test_dict_round_trip(tmp_path: Path) -> None:
         from_dict(ToyConfig, {"model": {"depht": 1}})
 
 
+def test_a_partial_section_keeps_its_fields_own_defaults(tmp_path: Path) -> None:
+    """An override inside a section whose default comes from a factory (GenerationConfig.text: greedy, reranked)
+    changes that key only; the rest of the section keeps the factory's values, not the class defaults."""
+    from mm1d.config import GenerationConfig, SamplerPreset
+
+    base = tmp_path / "g.yaml"
+    base.write_text("{}")
+    text = load_config(base, ["text.refine=2"], GenerationConfig).text
+    assert text == SamplerPreset(**{**to_dict(GenerationConfig().text), "refine": 2})
+    assert text.temperature == 0.0 and text.rerank == 16 and SamplerPreset().rerank == 0
+    video = from_dict(GenerationConfig, {"video": {"rerank": 7}}).video
+    assert video.top_k == GenerationConfig().video.top_k == 4096 and video.rerank == 7
+
+
 def test_registered_schemas_build_from_defaults() -> None:
     for name, schema in config_module.SCHEMAS.items():
         cfg = schema()
