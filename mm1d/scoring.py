@@ -126,11 +126,14 @@ def caption_token_logprobs(
         ids = torch.full((len(chunk), max(len(d) for d in chunk)), vocab.pad_id, dtype=torch.long)
         for r, d in enumerate(chunk):
             ids[r, : len(d)] = torch.from_numpy(d.ids)
-        logp = torch.log_softmax(model(ids.to(device)).float(), dim=-1).cpu()  # (B, L, V)
-        for r, d in enumerate(chunk):
-            pos = np.flatnonzero(~d.prompt & (np.arange(len(d)) > 0))  # caption tokens, then <eos>
+        hidden = model(ids.to(device), return_hidden=True)  # (B, L, D)
+        where = [np.flatnonzero(~d.prompt & (np.arange(len(d)) > 0)) for d in chunk]  # caption tokens, <eos>
+        sel = torch.cat([hidden[r, torch.from_numpy(pos - 1).to(device)] for r, pos in enumerate(where)])
+        logp = torch.log_softmax(model.lm_head(sel).float(), dim=-1).cpu()  # (sum of n + 1, V), heads only
+        offsets = np.cumsum([0] + [len(pos) for pos in where])
+        for r, (d, pos) in enumerate(zip(chunk, where)):
             n = len(pos) - 1
-            rows = logp[r, torch.from_numpy(pos - 1)]  # (n + 1, V): row i predicts token pos[i]
+            rows = logp[offsets[r] : offsets[r + 1]]  # (n + 1, V): row i predicts token pos[i]
             logps.append(rows.gather(1, torch.from_numpy(d.ids[pos])[:, None])[:, 0].double().numpy())
             if alternatives:
                 text = rows[:n, lo:hi].clone()  # (n, text vocab)
