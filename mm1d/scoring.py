@@ -88,7 +88,7 @@ def generation_logprobs(
 
 def _check_pairs(task: str, codes: Sequence[np.ndarray], captions: Sequence[np.ndarray]) -> None:
     if task not in GENERATION_OF:
-        raise ValueError(f"rerank scores captions of images or videos (i2t/v2t), got task {task!r}")
+        raise ValueError(f"caption scoring takes the captioning task of images or videos (i2t/v2t), got task {task!r}")
     if len(codes) != len(captions):
         raise ValueError(f"got {len(captions)} captions for {len(codes)} inputs")
 
