@@ -446,12 +446,13 @@ def caption(
         raise ValueError(f"refine must be a non-negative integer (edits per caption), got {refine!r}")
     task = "i2t" if modality == "image" else "v2t"
     inputs_b = [codes[b // num_samples][..., : budgets[b]].numpy() for b in range(B)]
+    prefix_ids = [pipe.text.encode(p) if p is not None else [] for p in prefixes]
 
     def run(rows: list[int], p: SamplingParams, row_seeds: list[int]) -> tuple[list[np.ndarray], int]:
         prompts, programs = [], []
         for b in rows:
             g = b // num_samples
-            prefix = pipe.text.encode(prefixes[g]) if prefixes[g] is not None else []
+            prefix = prefix_ids[g]
             sample_in = SequenceSample(task, np.zeros(1, dtype=np.int64), inputs_b[b])
             pr, prog = understanding_program(vocab, sample_in, max_new, prefix)
             prompts.append([pr])
@@ -486,8 +487,7 @@ def caption(
                     rerank_scores=best.tolist())
     if refine:
         rows = [b for b in range(B) if len(caps[b])]
-        fixed = [len(pipe.text.encode(prefixes[b // num_samples])) if prefixes[b // num_samples] else 0
-                 for b in rows]
+        fixed = [len(prefix_ids[b // num_samples]) for b in rows]
         done, edits = refine_captions(pipe.model, vocab, task, [inputs_b[b] for b in rows], [caps[b] for b in rows],
                                       rounds=refine, alternatives=preset.refine_alternatives,
                                       weight=preset.refine_weight, edit_weight=preset.refine_edit_weight,

@@ -27,6 +27,14 @@ from mm1d.sequence import MOD_IMAGE, MOD_VIDEO, Document, SequenceSample, build_
 GENERATION_OF = {"i2t": "t2i", "v2t": "t2v"}
 
 
+def _padded(docs: Sequence[Document], pad_id: int) -> torch.Tensor:
+    """``(len(docs), longest)`` long ids, each document left-aligned and padded with ``pad_id``."""
+    ids = torch.full((len(docs), max(len(d) for d in docs)), pad_id, dtype=torch.long)
+    for r, d in enumerate(docs):
+        ids[r, : len(d)] = torch.from_numpy(d.ids)
+    return ids
+
+
 @torch.no_grad()
 def document_logprobs(
     model: torch.nn.Module, docs: Sequence[Document], masks: Sequence[np.ndarray], pad_id: int, batch_size: int = 64
@@ -50,16 +58,14 @@ def document_logprobs(
     out = torch.empty(len(docs), dtype=torch.float32)
     for start in range(0, len(docs), batch_size):
         chunk = range(start, min(start + batch_size, len(docs)))
-        L = max(len(docs[i]) for i in chunk)
-        ids = torch.full((len(chunk), L), pad_id, dtype=torch.long)
-        targets = torch.full((len(chunk), L), -100, dtype=torch.long)
+        ids = _padded([docs[i] for i in chunk], pad_id)
+        targets = torch.full(ids.shape, -100, dtype=torch.long)
         for r, i in enumerate(chunk):
             d, m = docs[i], np.asarray(masks[i], dtype=bool)
             if m.shape != (len(d),):
                 raise ValueError(f"mask {i} has shape {m.shape}, document has {len(d)} tokens")
             if m[0]:
                 raise ValueError("the first token of a document has no prediction to score")
-            ids[r, : len(d)] = torch.from_numpy(d.ids)
             tgt = torch.from_numpy(np.where(m, d.ids, -100))
             targets[r, : len(d) - 1] = tgt[1:]  # position t predicts token t + 1
         ce, _ = model(ids.to(device), targets=targets.to(device))
@@ -123,10 +129,7 @@ def caption_token_logprobs(
     alts: list[np.ndarray] = []
     for start in range(0, len(docs), batch_size):
         chunk = docs[start : start + batch_size]
-        ids = torch.full((len(chunk), max(len(d) for d in chunk)), vocab.pad_id, dtype=torch.long)
-        for r, d in enumerate(chunk):
-            ids[r, : len(d)] = torch.from_numpy(d.ids)
-        hidden = model(ids.to(device), return_hidden=True)  # (B, L, D)
+        hidden = model(_padded(chunk, vocab.pad_id).to(device), return_hidden=True)  # (B, L, D)
         where = [np.flatnonzero(~d.prompt & (np.arange(len(d)) > 0)) for d in chunk]  # caption tokens, <eos>
         sel = torch.cat([hidden[r, torch.from_numpy(pos - 1).to(device)] for r, pos in enumerate(where)])
         logp = torch.log_softmax(model.lm_head(sel).float(), dim=-1).cpu()  # (sum of n + 1, V), heads only
