@@ -10,7 +10,7 @@ separate child process per implementation reports its peak RSS. Implementations:
 
 - ``mm1d``: our model, one document per row (causal SDPA), full logits and ``F.cross_entropy``;
 - ``hf``: ``LlamaForCausalLM`` (SDPA attention) with the same weights and loss;
-- ``mm1d-packed``: our model on rows packed with 4 documents each (document mask: dense SDPA on CPU,
+- ``mm1d-packed``: our model on rows packed with 4 documents each (document mask: the ``segments`` kernel on CPU,
   FlexAttention on GPU);
 - ``mm1d-chunked``: our model with the chunked loss (``targets=``), which never holds all logits.
 

@@ -359,7 +359,7 @@ class ModelConfig:
     tie_embeddings: bool = False  # lm_head shares the input embedding matrix
     norm_eps: float = 1e-5
     init_std: float = 0.02  # output projections use init_std / sqrt(2 * n_layers)
-    attn_impl: Literal["auto", "sdpa", "flex", "flash"] = "auto"  # auto: flex/flash on GPU, SDPA on CPU
+    attn_impl: Literal["auto", "sdpa", "segments", "flex", "flash"] = "auto"  # auto: flex/flash on GPU, segments on CPU
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -14,9 +14,11 @@ from mm1d.model import StaticKVCache, Transformer, attention, load_model_bundle,
 from mm1d.model.attention import (
     AttentionMask,
     attend,
+    bucket_length,
     build_attention_mask,
     dense_doc_causal_mask,
     doc_cu_seqlens,
+    doc_segments,
     flash_available,
     resolve_impl,
 )
@@ -95,7 +97,7 @@ def test_no_cross_document_attention() -> None:
 
 def test_attention_mask_choice_and_flash_segments() -> None:
     cpu = torch.device("cpu")
-    assert resolve_impl("auto", cpu) == "sdpa"
+    assert resolve_impl("auto", cpu) == "segments"
     with pytest.raises(ValueError, match="CUDA"):
         resolve_impl("flash", cpu)
     with pytest.raises(ValueError, match="unknown attn_impl"):
@@ -103,9 +105,54 @@ def test_attention_mask_choice_and_flash_segments() -> None:
     assert build_attention_mask(None, "auto", cpu).kind == "causal"
     assert build_attention_mask(torch.zeros(2, 5, dtype=torch.long), "auto", cpu).kind == "causal"
     assert build_attention_mask(torch.tensor([[0, 0, 1]]), "sdpa", cpu).kind == "dense"
+    assert build_attention_mask(torch.tensor([[0, 0, 1]]), "auto", cpu).kind == "segments"
     cu, longest = doc_cu_seqlens(torch.tensor([[0, 0, 1, 1, 1], [0, 0, 0, 0, 0], [3, 4, 4, 5, 5]]))
     assert cu.tolist() == [0, 2, 5, 10, 11, 13, 15] and longest == 5
 
+
+def test_bucket_lengths_hold_the_run_with_at_most_half_padding() -> None:
+    assert [bucket_length(n) for n in (1, 16, 17, 24, 25, 33, 49, 65, 97, 129, 200, 512)] == [
+        16, 16, 24, 24, 32, 48, 64, 96, 128, 192, 256, 512]
+    assert all(n <= bucket_length(n) <= max(16, 1.5 * n) for n in range(1, 2000))
+
+
+def test_segments_kernel_equals_dense_document_mask_in_values_and_gradients() -> None:
+    """Gathering runs into length buckets, causal SDPA per bucket and scattering back is the dense mask's math,
+    forward and backward, with GQA; a run that spans a row boundary is two runs."""
+    torch.manual_seed(0)
+    doc_ids = torch.tensor([[0] * 5 + [1] * 7 + [2] * 30 + [3] * 2, [0] * 44, [4] * 20 + [5] * 24, [5] * 1 + [6] * 43])
+    B, L = doc_ids.shape
+    gathers, take = doc_segments(doc_ids)
+    assert sorted(g.shape[1] for g in gathers) == [16, 24, 32, 48]  # runs of 1-7 / 20 / 24-30 / 43-44 tokens
+    assert sorted(take.tolist()) == sorted(set(take.tolist())) and len(take) == B * L  # one output row each
+    qkv = [torch.randn(B, h, L, 8, requires_grad=True) for h in (4, 2, 2)]
+    got = attend(*qkv, AttentionMask("segments", gathers=gathers, take=take))
+    want = attend(*qkv, AttentionMask("dense", dense=dense_doc_causal_mask(doc_ids)))
+    close(got, want, 1e-5)
+    w = torch.randn_like(got)
+    for a, b in zip(torch.autograd.grad((got * w).sum(), qkv), torch.autograd.grad((want * w).sum(), qkv)):
+        close(a, b, 1e-5)
+
+
+def test_segments_model_equals_dense_model_and_compiles_once() -> None:
+    """The CPU default kernel gives the dense kernel's losses and gradients, and a compiled block does not
+    recompile when only the document layout changes."""
+    import torch._dynamo
+
+    seg, dense = make(qk_norm=True).train(), make(qk_norm=True, attn_impl="sdpa").train()
+    seg.compile_blocks(backend="eager")
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        for cuts in ([5, 20], [3], [2, 9, 15, 30], list(range(1, 18))):
+            doc_ids = torch.zeros(2, 40, dtype=torch.long)
+            for c in cuts:
+                doc_ids[0, c:] += 1
+            doc_ids[1, 33:] = 1
+            ids = torch.randint(0, V, (2, 40))
+            losses = [m(ids, doc_ids=doc_ids, targets=ids)[0] for m in (seg, dense)]
+            close(losses[0], losses[1], 1e-5)
+            grads = [torch.autograd.grad(loss.sum(), list(m.parameters())) for loss, m in zip(losses, (seg, dense))]
+            for a, b in zip(*grads):
+                close(a, b, 1e-4)
 
 
 def _segment_reference(q, k, v, cu_q, cu_k, max_q, max_k, *, is_causal=False):  # noqa: ANN001, ANN202
