@@ -31,10 +31,17 @@ shapes() {
   $PY -m mm1d.data.shapes --out "$RUN/data/val" --split val --num-images 512 --num-videos 128 --seed 1
   $PY -m mm1d.data.shapes --out "$RUN/data/holdout" --split holdout --num-images 512 --num-videos 128 --seed 2
 }
-pretok() {
+pretok() {  # two ranks of one thread each write alternate shards (the tokens equal a one-process run's)
+  local split r pids
   for split in train val; do
-    $PY tokenizers/pretokenize.py --config configs/tokenizer/pretokenize_tiny.yaml out_dir="$RUN/tokens/$split" \
-      source="$RUN/data/$split" tokenizers.text="$RUN/text/bundle"
+    pids=()
+    for r in 0 1; do
+      RANK=$r LOCAL_RANK=$r WORLD_SIZE=2 OMP_NUM_THREADS=1 $PY tokenizers/pretokenize.py \
+        --config configs/tokenizer/pretokenize_tiny.yaml out_dir="$RUN/tokens/$split" source="$RUN/data/$split" \
+        tokenizers.text="$RUN/text/bundle" &
+      pids+=($!)
+    done
+    for r in "${pids[@]}"; do wait "$r"; done
   done
 }
 pretrain() {
