@@ -9,14 +9,16 @@ The pieces, from the inside out:
   forced id (``<eoi>``, ``<eot>``, ``<eov>``, ``<eos>``, given video steps) or a sampled slot of one kind.
   A budget slot (after ``<kauto>``) expands the program once the model has chosen ``<k_n>``. A text phase
   samples text until ``<eos>`` (forced after ``max_new`` tokens). Rows with different budgets, lengths or
-  tasks coexist in one batch; a finished row feeds ``<pad>`` until the batch is done.
+  tasks coexist in one batch; finished rows leave the batch (their cache rows are dropped once a quarter
+  of the batch has finished).
 * ``generation_program`` / ``understanding_program``: build the prompt and the program of one sample from
   ``mm1d.sequence.build_document``, so the inference layout is by construction the training layout.
 * ``sample``: the decode loop. Rows are laid out stream-major (``S`` CFG streams of ``B`` samples). The
   streams of a sample see the same sampled token. Guided logits are the per-sample linear combination
   ``sum_s w[b, s] * l_s`` on visual-code positions (``u + s (c - u)`` is ``w = [s, 1 - s]``); budget and
   text positions use the conditional stream. Each sample draws its uniforms from its own seeded generator
-  before the loop (inverse-CDF sampling), so a sample gives the same tokens alone or in any batch.
+  before the loop (inverse-CDF sampling), so a sample gives the same tokens alone or in any batch. Rows
+  with the same prompt (the candidates of reranking) are prefilled once.
 """
 
 from __future__ import annotations
@@ -354,11 +356,10 @@ class SampleOutput:
     steps: int = 0
 
 
-def _decoder(model: CausalLM, rows: int, max_len: int) -> Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]:
-    """``(ids (R, T), token_mask) -> last hidden (R, D)``: the lean ``DecodeState`` for an mm1d
-    ``Transformer``, else the model's own ``new_kv_cache`` / ``hidden_states``."""
-    if isinstance(model, Transformer):
-        return DecodeState(model, rows, max_len).forward
+def _cached_decoder(model: CausalLM, rows: int, max_len: int
+                    ) -> Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]:
+    """``(ids (R, T), token_mask) -> last hidden (R, D)`` through the model's own ``new_kv_cache`` /
+    ``hidden_states`` (any ``CausalLM``; an mm1d ``Transformer`` uses the leaner ``DecodeState``)."""
     cache = model.new_kv_cache(rows, max_len)
     return lambda ids, mask: model.hidden_states(ids, kv_cache=cache, token_mask=mask)[:, -1]
 
@@ -428,9 +429,14 @@ def sample(
             f"prompt ({lp} tokens) + generation ({steps} tokens) = {total} exceeds the model's context "
             f"max_seq_len={max_seq_len}; use a smaller budget, fewer frames or a shorter prompt"
         )
-    ids = torch.full((S * B, lp), pad_id, dtype=torch.long)
-    mask = torch.zeros(S * B, lp, dtype=torch.bool)
-    for r, p in enumerate(rows):
+    lean = isinstance(model, Transformer)
+    # distinct prompt rows are prefilled once and fanned out (reranking repeats every prompt r + 1 times)
+    distinct: dict[tuple[int, ...], int] = {}
+    src = [distinct.setdefault(tuple(r), len(distinct)) for r in rows] if lean else list(range(len(rows)))
+    firsts = list(distinct) if lean else [tuple(r) for r in rows]
+    ids = torch.full((len(firsts), lp), pad_id, dtype=torch.long)
+    mask = torch.zeros(len(firsts), lp, dtype=torch.bool)
+    for r, p in enumerate(firsts):
         ids[r, lp - len(p) :] = torch.as_tensor(p, dtype=torch.long)
         mask[r, lp - len(p) :] = True
     ids, mask = ids.to(device), mask.to(device)
@@ -439,33 +445,50 @@ def sample(
     visual = torch.zeros(len(KIND_NAMES), dtype=torch.bool, device=device)
     visual[list(VISUAL_KINDS)] = True
 
-    step_fn = _decoder(model, S * B, total)
-    logits = model.lm_head(step_fn(ids, None if bool(mask.all()) else mask)).float()  # (S*B, V)
+    if lean:
+        state = DecodeState(model, len(firsts), total)  # type: ignore[arg-type]
+        step_fn = state.forward
+    else:
+        step_fn = _cached_decoder(model, S * B, total)
+    hidden = step_fn(ids, None if bool(mask.all()) else mask)  # (distinct rows, D)
+    if len(firsts) < S * B:
+        fan = torch.tensor(src, device=device)
+        state.select(fan)
+        hidden = hidden.index_select(0, fan)
+    logits = model.lm_head(hidden).float()  # (S*B, V)
     out = SampleOutput(prompts=[[list(x) for x in p] for p in prompts], tokens=[], budgets=[])
+    alive = list(range(B))  # the samples whose rows are in the decode state, in order
     step = 0
     for step in range(steps):  # noqa: B007
-        cons = [p.constraint() for p in programs]
-        forced = torch.tensor([c[1] for c in cons], dtype=torch.long)  # (B,)
+        live = [programs[b] for b in alive]
+        n = len(alive)
+        cons = [p.constraint() for p in live]
+        forced = torch.tensor([c[1] for c in cons], dtype=torch.long)  # (n,)
         if return_logits:
             out.logits.append(logits[:B].detach().cpu().clone())
         if bool((forced < 0).any()):
-            kinds = torch.tensor([c[0] for c in cons], dtype=torch.long, device=device)  # (B,)
-            cond = logits[:B]
+            kinds = torch.tensor([c[0] for c in cons], dtype=torch.long, device=device)  # (n,)
+            at = torch.tensor(alive, device=device)
+            cond = logits[:n]
             if S > 1:
-                guided = (logits.view(S, B, -1) * w).sum(0)  # (B, V)
+                guided = (logits.view(S, n, -1) * w[:, at]).sum(0)  # (n, V)
                 cond = torch.where(visual[kinds][:, None], guided, cond)
-            drawn = sample_logits(cond + table(kinds), u[:, step], params).cpu()
+            drawn = sample_logits(cond + table(kinds), u[at, step], params).cpu()
             tok = torch.where(forced >= 0, forced, drawn)
         else:
             tok = forced
-        for p, t in zip(programs, tok.tolist(), strict=True):
+        for p, t in zip(live, tok.tolist(), strict=True):
             p.advance(t)
         if hook is not None:
             hook(step, programs)
-        if all(p.done for p in programs):
+        if all(p.done for p in live):
             break
-        feed = tok.to(device).repeat(S)[:, None]  # (S*B, 1)
-        logits = model.lm_head(step_fn(feed, None)).float()  # (S*B, V)
+        keep = [j for j, p in enumerate(live) if not p.done]
+        if lean and not return_logits and len(keep) <= 0.75 * n:  # drop finished rows (a copy of the cache)
+            state.select(torch.tensor([s * n + j for s in range(S) for j in keep], device=device))
+            alive, tok = [alive[j] for j in keep], tok[keep]
+        feed = tok.to(device).repeat(S)[:, None]  # (S*n, 1)
+        logits = model.lm_head(step_fn(feed, None)).float()  # (S*n, V)
     out.tokens = [list(p.out) for p in programs]
     out.budgets = [p.budget for p in programs]
     out.steps = step + 1

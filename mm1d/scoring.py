@@ -42,8 +42,9 @@ def document_logprobs(
     """Summed log-probabilities of chosen tokens of each document, one document per row.
 
     Args:
-        model: the transformer (``forward(input_ids, targets=...)`` returns per-token cross-entropy).
-        docs: built documents.
+        model: the transformer (``forward(input_ids, return_hidden=True)`` and ``lm_head``); the head runs
+            at the scored positions only.
+        docs: built documents (batched in order of length, so that little of a batch is padding).
         masks: per document, ``(n,)`` bool over its tokens: which tokens' log-probabilities are summed
             (position 0, ``<bos>``, is never predicted and must be False).
         pad_id: the padding id.
@@ -54,22 +55,27 @@ def document_logprobs(
     """
     if len(docs) != len(masks):
         raise ValueError(f"got {len(masks)} masks for {len(docs)} documents")
+    scored: list[np.ndarray] = []
+    for i, (d, m) in enumerate(zip(docs, masks)):
+        m = np.asarray(m, dtype=bool)
+        if m.shape != (len(d),):
+            raise ValueError(f"mask {i} has shape {m.shape}, document has {len(d)} tokens")
+        if m[0]:
+            raise ValueError("the first token of a document has no prediction to score")
+        scored.append(np.flatnonzero(m))
     device = next(model.parameters()).device
-    out = torch.empty(len(docs), dtype=torch.float32)
-    for start in range(0, len(docs), batch_size):
-        chunk = range(start, min(start + batch_size, len(docs)))
-        ids = _padded([docs[i] for i in chunk], pad_id)
-        targets = torch.full(ids.shape, -100, dtype=torch.long)
-        for r, i in enumerate(chunk):
-            d, m = docs[i], np.asarray(masks[i], dtype=bool)
-            if m.shape != (len(d),):
-                raise ValueError(f"mask {i} has shape {m.shape}, document has {len(d)} tokens")
-            if m[0]:
-                raise ValueError("the first token of a document has no prediction to score")
-            tgt = torch.from_numpy(np.where(m, d.ids, -100))
-            targets[r, : len(d) - 1] = tgt[1:]  # position t predicts token t + 1
-        ce, _ = model(ids.to(device), targets=targets.to(device))
-        out[start : chunk.stop] = -ce.float().sum(dim=1).cpu()
+    out = torch.zeros(len(docs), dtype=torch.float32)
+    order = sorted(range(len(docs)), key=lambda i: len(docs[i]))  # similar lengths share a batch: less padding
+    for start in range(0, len(order), batch_size):
+        chunk = order[start : start + batch_size]
+        hidden = model(_padded([docs[i] for i in chunk], pad_id).to(device), return_hidden=True)  # (B, L, D)
+        row = torch.cat([torch.full((len(scored[i]),), r) for r, i in enumerate(chunk)])  # (n,)
+        col = torch.from_numpy(np.concatenate([scored[i] - 1 for i in chunk]))  # position t - 1 predicts token t
+        target = torch.from_numpy(np.concatenate([docs[i].ids[scored[i]] for i in chunk])).to(device)
+        logits = model.lm_head(hidden[row.to(device), col.to(device)]).float()  # (n, V): scored tokens only
+        logp = (logits.gather(1, target[:, None])[:, 0] - torch.logsumexp(logits, dim=1)).cpu()
+        sums = torch.zeros(len(chunk), dtype=torch.float32).index_add_(0, row, logp)
+        out[torch.tensor(chunk)] = sums
     return out
 
 

@@ -252,6 +252,28 @@ def test_mixed_budget_batch_equals_each_row_alone(model: Transformer) -> None:
         assert alone.budgets[0] == batch.budgets[b]
 
 
+def test_repeated_prompts_prefill_once_and_finished_rows_leave_the_batch(
+    model: Transformer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rows with one prompt share a prefill, rows of short programs are dropped when done, and every sample
+    still equals itself run alone."""
+    from mm1d.model.decode import DecodeState
+
+    built, kept = [], []
+    init, select = DecodeState.__init__, DecodeState.select
+    monkeypatch.setattr(DecodeState, "__init__", lambda self, m, b, n: (built.append(b), init(self, m, b, n))[1])
+    monkeypatch.setattr(DecodeState, "select", lambda self, rows: (kept.append(rows.tolist()), select(self, rows))[1])
+    budgets, caps, seeds = [2, 2, 8, 8], [CAPS[0], CAPS[0], CAPS[1], CAPS[1]], [1, 2, 3, 4]
+    batch = run(model, budgets, caps, seeds)
+    assert built[0] == 4  # 2 streams x 2 distinct prompts
+    assert kept[0] == [0, 0, 1, 1, 2, 2, 3, 3]  # fanned out to 2 streams x 4 samples (stream-major)
+    assert kept[1] == [2, 3, 6, 7]  # the k = 2 samples finished: both streams of the k = 8 ones stay
+    for b in range(4):
+        alone = run(model, [budgets[b]], [caps[b]], [seeds[b]])
+        assert alone.tokens[0] == batch.tokens[b]
+    assert batch.tokens[0] != batch.tokens[1]  # same prompt, own seeds
+
+
 def test_auto_budget_is_chosen_by_the_model(model: Transformer) -> None:
     out = run(model, [None] * 4, [CAPS[0]] * 4, [0, 1, 2, 3])
     for b in range(4):

@@ -52,6 +52,8 @@ def test_document_logprobs_equal_a_plain_softmax_and_ignore_padding(pipe: infere
     assert torch.allclose(got.double(), torch.tensor(ref, dtype=torch.float64), atol=1e-3, rtol=1e-5)
     one_by_one = document_logprobs(pipe.model, docs, masks, pipe.vocab.pad_id, batch_size=1)
     assert torch.allclose(got, one_by_one, atol=1e-4)  # rows of other lengths and their padding change nothing
+    in_pairs = document_logprobs(pipe.model, docs, masks, pipe.vocab.pad_id, batch_size=2)
+    assert torch.allclose(got, in_pairs, atol=1e-4)  # batched by length, each score back in its document's place
     with pytest.raises(ValueError, match="first token"):
         document_logprobs(pipe.model, docs[:1], [np.ones(len(docs[0]), dtype=bool)], pipe.vocab.pad_id)
 

@@ -11,8 +11,9 @@ CPU. ``DecodeState`` runs the same blocks with the model's own weights, without 
 * a step without left-padding in the batch uses no mask at all.
 
 Rows share a slot counter; each row keeps its own position counter and valid-slot record, so left-padded
-prompts behave exactly as rows run alone (as in ``StaticKVCache``). Parity with the uncached forward is
-tested.
+prompts behave exactly as rows run alone (as in ``StaticKVCache``). ``select`` keeps, reorders or repeats
+rows: a sampler prefills each distinct prompt once and fans it out, and drops finished rows. Parity with the
+uncached forward is tested.
 """
 
 from __future__ import annotations
@@ -62,6 +63,17 @@ class DecodeState:
             )
             for blk in model.model.layers
         ]
+
+    def select(self, rows: torch.Tensor) -> None:
+        """Row ``i`` of the state becomes what row ``rows[i]`` was (rows may be dropped or repeated).
+
+        Args:
+            rows: long ``(B',)`` indices into the current rows.
+        """
+        rows = rows.to(self.device)
+        self.k, self.v = self.k.index_select(1, rows), self.v.index_select(1, rows)
+        self.valid, self.next_pos = self.valid.index_select(0, rows), self.next_pos.index_select(0, rows)
+        self.batch = len(rows)
 
     def _norm(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         return F.rms_norm(x, w.shape, w, self.eps)
