@@ -191,13 +191,15 @@ def test_write_split_layout_and_determinism(tmp_path: Path) -> None:
     a = write_split(tmp_path / "a", "val", 6, 3, seed=1, cfg=cfg, shard_size=4, progress=False)
     write_split(tmp_path / "b", "val", 6, 3, seed=1, cfg=cfg, shard_size=4, progress=False)
     write_split(tmp_path / "c", "val", 6, 3, seed=2, cfg=cfg, shard_size=4, progress=False)
+    write_split(tmp_path / "d", "val", 6, 3, seed=1, cfg=cfg, shard_size=4, progress=False, workers=2)
     assert a == {"images": 6, "videos": 3, "shards": 3}
     files_a = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*") if p.is_file())
     assert [str(p) for p in files_a if p.parts[0] == "shards"] == [
         "shards/shapes-000000.tar", "shards/shapes-000001.tar", "shards/shapes-000002.tar"]
     assert not [p for p in files_a if p.name.startswith(".")]  # no temporary files left behind
-    for rel in files_a:  # same seed: byte-identical files, PNG, mp4, tar and metadata alike
+    for rel in files_a:  # same seed: byte-identical files, PNG, mp4, tar and metadata alike, with any workers
         assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes(), rel
+        assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "d" / rel).read_bytes(), rel
     assert (tmp_path / "a/images/metadata.jsonl").read_bytes() != (tmp_path / "c/images/metadata.jsonl").read_bytes()
 
     rows = [json.loads(x) for x in (tmp_path / "a/images/metadata.jsonl").read_text().splitlines()]

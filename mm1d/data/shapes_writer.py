@@ -1,7 +1,7 @@
 """Write a ShapesWorld split to disk in the same formats as real data.
 
 ``python -m mm1d.data.shapes --out DIR --split {train,val,holdout} --num-images N --num-videos M --seed S
-[--size 32 --frames 17 --fps 8 --max-objects 2 --shard-size 1000 --crf 10]`` writes::
+[--size 32 --frames 17 --fps 8 --max-objects 2 --shard-size 1000 --crf 10 --workers 1]`` writes::
 
     DIR/images/000000.png ... + DIR/images/metadata.jsonl   (a Hugging Face imagefolder)
     DIR/videos/000000.mp4 ... + DIR/videos/metadata.jsonl   (H.264 yuv420p, readable by decord)
@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import multiprocessing
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -87,34 +88,48 @@ class ShardWriter:
             self._tar, self._ctx = None, None
 
 
-def _rows(kind: str, cfg: ShapesConfig, split: str, seed: int, count: int) -> Iterator[tuple[int, Any, dict, str]]:
+def _encoded(job: tuple[str, ShapesConfig, str, int, int, int]) -> tuple[int, bytes, dict, str]:
+    """One sample, drawn and encoded: ``(index, file bytes, attributes, caption)`` (runs in a worker)."""
+    kind, cfg, split, seed, crf, index = job
     sampler = sample_image if kind == "image" else sample_video
-    for index in range(count):
-        array, attrs, caption = sampler(sample_rng(seed, split, kind, index), cfg, split)
-        yield index, array, attrs, caption
+    array, attrs, caption = sampler(sample_rng(seed, split, kind, index), cfg, split)
+    data = encode_png(array) if kind == "image" else encode_mp4(array, fps=cfg.fps, crf=crf)
+    return index, data, attrs, caption
+
+
+def _rows(kind: str, cfg: ShapesConfig, split: str, seed: int, count: int, crf: int,
+          pool: Any) -> Iterator[tuple[int, bytes, dict, str]]:
+    """The split's samples in index order; drawn and encoded by ``pool`` when given (each depends on its
+    index only, so the bytes do not depend on the number of workers)."""
+    jobs = ((kind, cfg, split, seed, crf, index) for index in range(count))
+    yield from (map(_encoded, jobs) if pool is None else pool.imap(_encoded, jobs, chunksize=32))
 
 
 def write_split(out: str | Path, split: str, num_images: int, num_videos: int, seed: int,
                 cfg: ShapesConfig | None = None, shard_size: int = 1000, crf: int = 10,
-                progress: bool = True) -> dict[str, int]:
-    """Generate and write one split; returns counts ``{"images": N, "videos": M, "shards": K}``."""
+                progress: bool = True, workers: int = 1) -> dict[str, int]:
+    """Generate and write one split; returns counts ``{"images": N, "videos": M, "shards": K}``.
+
+    ``workers > 1`` draws and encodes samples in that many processes; the files are the same bytes."""
     cfg = cfg or ShapesConfig()
     check_config(cfg, video=num_videos > 0)
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; expected one of {list(SPLITS)}")
     if num_images < 0 or num_videos < 0:
         raise ValueError("--num-images and --num-videos must be >= 0")
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
     out = Path(out)
     shards = ShardWriter(out / "shards", shard_size=shard_size)
     bar = tqdm(total=num_images + num_videos, desc=f"shapes {split}", disable=not progress, unit="sample")
+    pool = multiprocessing.get_context("spawn").Pool(workers) if workers > 1 else None
     try:
         for kind, count, folder, ext in (("image", num_images, "images", "png"),
                                          ("video", num_videos, "videos", "mp4")):
             if count == 0:
                 continue
             lines = []
-            for index, array, attrs, caption in _rows(kind, cfg, split, seed, count):
-                data = encode_png(array) if kind == "image" else encode_mp4(array, fps=cfg.fps, crf=crf)
+            for index, data, attrs, caption in _rows(kind, cfg, split, seed, count, crf, pool):
                 name = f"{index:06d}.{ext}"
                 _write_bytes(out / folder / name, data)
                 row: dict[str, Any] = {"file_name": name, "caption": caption, "kind": kind, "split": split,
@@ -134,6 +149,8 @@ def write_split(out: str | Path, split: str, num_images: int, num_videos: int, s
         raise
     finally:
         bar.close()
+        if pool is not None:
+            pool.terminate()
     return {"images": num_images, "videos": num_videos, "shards": len(shards.paths)}
 
 
@@ -154,12 +171,13 @@ def main(argv: list[str] | None = None) -> None:
                    help="held-out colour+shape combinations, e.g. 'red triangle' 'blue circle'")
     p.add_argument("--shard-size", type=int, default=1000, help="samples per webdataset tar")
     p.add_argument("--crf", type=int, default=10, help="H.264 quality (lower is better)")
+    p.add_argument("--workers", type=int, default=1, help="processes that draw and encode samples")
     args = p.parse_args(argv)
     cfg = ShapesConfig(size=args.size, frames=args.frames, fps=args.fps, max_objects=args.max_objects,
                        jitter=d.jitter, holdout=list(args.holdout) if args.holdout is not None else d.holdout)
     try:
         counts = write_split(args.out, args.split, args.num_images, args.num_videos, args.seed, cfg,
-                             shard_size=args.shard_size, crf=args.crf)
+                             shard_size=args.shard_size, crf=args.crf, workers=args.workers)
     except ValueError as e:
         p.error(str(e))
     print(json.dumps({"out": str(args.out), "split": args.split, **counts}))
