@@ -27,9 +27,9 @@ stage() {  # stage N NAME CMD...
 }
 
 shapes() {
-  $PY -m mm1d.data.shapes --out "$RUN/data/train" --split train --num-images "$NUM_IMAGES" --num-videos "$NUM_VIDEOS" --seed 0
-  $PY -m mm1d.data.shapes --out "$RUN/data/val" --split val --num-images 512 --num-videos 128 --seed 1
-  $PY -m mm1d.data.shapes --out "$RUN/data/holdout" --split holdout --num-images 512 --num-videos 128 --seed 2
+  $PY -m mm1d.data.shapes --out "$RUN/data/train" --split train --num-images "$NUM_IMAGES" --num-videos "$NUM_VIDEOS" --seed 0 --workers 2
+  $PY -m mm1d.data.shapes --out "$RUN/data/val" --split val --num-images 512 --num-videos 128 --seed 1 --workers 2
+  $PY -m mm1d.data.shapes --out "$RUN/data/holdout" --split holdout --num-images 512 --num-videos 128 --seed 2 --workers 2
 }
 pretok() {  # two ranks of one thread each write alternate shards (the tokens equal a one-process run's)
   local split r pids
