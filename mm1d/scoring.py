@@ -22,6 +22,8 @@ import numpy as np
 import torch
 
 from mm1d.modality import Vocab
+from mm1d.model.decode import DecodeState
+from mm1d.model.transformer import Transformer
 from mm1d.sequence import MOD_IMAGE, MOD_VIDEO, Document, SequenceSample, build_document
 
 GENERATION_OF = {"i2t": "t2i", "v2t": "t2v"}
@@ -76,6 +78,67 @@ def document_logprobs(
         logp = (logits.gather(1, target[:, None])[:, 0] - torch.logsumexp(logits, dim=1)).cpu()
         sums = torch.zeros(len(chunk), dtype=torch.float32).index_add_(0, row, logp)
         out[torch.tensor(chunk)] = sums
+    return out
+
+
+@torch.no_grad()
+def suffix_logprobs(
+    model: Transformer, docs: Sequence[Document], prefix_lengths: Sequence[int], pad_id: int, batch_rows: int = 256
+) -> torch.Tensor:
+    """Summed log-probabilities of every token after each document's prefix, with shared prefixes run once.
+
+    The candidate captions of one input share their prompt (``<bos>``, the visual span, the text opener):
+    each distinct prefix is prefilled once in a ``DecodeState``, fanned out to its documents, and only the
+    suffixes run. This equals ``document_logprobs`` with the suffix as the mask (tested).
+
+    Args:
+        model: an mm1d ``Transformer``.
+        docs: built documents.
+        prefix_lengths: per document, how many leading tokens are the prefix (``1 <= p < len(doc)``).
+        pad_id: the padding id.
+        batch_rows: documents per pass (whole prefix groups; a larger group is a pass of its own).
+
+    Returns:
+        ``(len(docs),)`` float32: ``sum_{i >= p} log p(doc[i] | doc[:i])``.
+    """
+    if len(docs) != len(prefix_lengths):
+        raise ValueError(f"got {len(prefix_lengths)} prefix lengths for {len(docs)} documents")
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, (d, p) in enumerate(zip(docs, prefix_lengths)):
+        if not 1 <= p < len(d):
+            raise ValueError(f"prefix length {p} of document {i} must be in [1, {len(d) - 1}]")
+        groups.setdefault(tuple(d.ids[:p].tolist()), []).append(i)
+    out = torch.zeros(len(docs), dtype=torch.float32)
+    passes: list[list[tuple[int, ...]]] = [[]]
+    for key in groups:
+        if passes[-1] and sum(len(groups[k]) for k in passes[-1]) + len(groups[key]) > batch_rows:
+            passes.append([])
+        passes[-1].append(key)
+    device = next(model.parameters()).device
+    for keys in passes:
+        members = [i for key in keys for i in groups[key]]
+        tails = [docs[i].ids[prefix_lengths[i]:] for i in members]
+        lp, lt = max(len(k) for k in keys), max(len(t) for t in tails)
+        ids = torch.full((len(keys), lp), pad_id, dtype=torch.long)
+        mask = torch.zeros(len(keys), lp, dtype=torch.bool)
+        for r, key in enumerate(keys):  # left-padded prefixes
+            ids[r, lp - len(key):] = torch.tensor(key)
+            mask[r, lp - len(key):] = True
+        state = DecodeState(model, len(keys), lp + lt)
+        last = state.forward(ids.to(device), None if bool(mask.all()) else mask.to(device))  # (U, D)
+        fan = torch.tensor([u for u, key in enumerate(keys) for _ in groups[key]], device=device)
+        state.select(fan)
+        tail_ids = torch.full((len(members), lt), pad_id, dtype=torch.long)
+        for r, t in enumerate(tails):  # right-padded suffixes: padding comes after every scored token
+            tail_ids[r, : len(t)] = torch.from_numpy(t)
+        h = state.forward(tail_ids.to(device), None, every=True)  # (R, lt, D)
+        preds = torch.cat([last.index_select(0, fan)[:, None], h[:, :-1]], dim=1)  # (R, lt, D): predicts tail[j]
+        row = torch.cat([torch.full((len(t),), r) for r, t in enumerate(tails)])  # (n,)
+        col = torch.cat([torch.arange(len(t)) for t in tails])
+        target = tail_ids[row, col].to(device)
+        logits = model.lm_head(preds[row.to(device), col.to(device)]).float()  # (n, V)
+        logp = (logits.gather(1, target[:, None])[:, 0] - torch.logsumexp(logits, dim=1)).cpu()
+        out[torch.tensor(members)] = torch.zeros(len(members)).index_add_(0, row, logp)
     return out
 
 
@@ -264,12 +327,16 @@ def rerank_scores(
     """
     _check_pairs(task, codes, captions)
     und = [build_document(SequenceSample(task, c, x), vocab) for x, c in zip(codes, captions)]
-    score = document_logprobs(model, und, [~d.prompt & (np.arange(len(d)) > 0) for d in und], vocab.pad_id,
-                              batch_size)  # the caption and <eos>
+    prompt_len = [1 + int(d.prompt.sum()) for d in und]  # <bos> and the prompt; the caption and <eos> follow
+    if isinstance(model, Transformer) and all(d.prompt[1:p].all() for d, p in zip(und, prompt_len)):
+        score = suffix_logprobs(model, und, prompt_len, vocab.pad_id)  # one prefill per input
+    else:
+        score = document_logprobs(model, und, [~d.prompt & (np.arange(len(d)) > 0) for d in und], vocab.pad_id,
+                                  batch_size)
     if weight:
         score = score + weight * generation_logprobs(model, vocab, task, codes, captions, batch_size)
     return score
 
 
 __all__ = ["caption_token_logprobs", "document_logprobs", "generation_logprobs", "refine_captions",
-           "rerank_scores"]
+           "rerank_scores", "suffix_logprobs"]

@@ -12,7 +12,7 @@ import torch
 
 import mm1d
 from mm1d import inference
-from mm1d.scoring import document_logprobs, refine_captions, rerank_scores
+from mm1d.scoring import document_logprobs, refine_captions, rerank_scores, suffix_logprobs
 from mm1d.sequence import MOD_IMAGE, MOD_VIDEO, Document, SequenceSample, build_document
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -56,6 +56,27 @@ def test_document_logprobs_equal_a_plain_softmax_and_ignore_padding(pipe: infere
     assert torch.allclose(got, in_pairs, atol=1e-4)  # batched by length, each score back in its document's place
     with pytest.raises(ValueError, match="first token"):
         document_logprobs(pipe.model, docs[:1], [np.ones(len(docs[0]), dtype=bool)], pipe.vocab.pad_id)
+
+
+def test_suffix_logprobs_share_prefixes_and_equal_full_documents(pipe: inference.Pipeline) -> None:
+    """Candidates of one input share one prefill; prefixes of other lengths (left padding), suffixes of other
+    lengths (right padding), and passes split by ``batch_rows`` change nothing."""
+    rng = np.random.default_rng(1)
+    codes = [rng.integers(0, pipe.image.codebook_size, size=n) for n in (3, 5, 5)]
+    docs = []
+    for x in codes:
+        for _ in range(3):
+            cap = rng.integers(0, pipe.text.vocab_size, size=int(rng.integers(1, 7)))
+            docs.append(build_document(SequenceSample("i2t", cap, x), pipe.vocab))
+    lengths = [1 + int(d.prompt.sum()) for d in docs]  # <bos>, then the prompt
+    assert len(set(lengths)) == 2 and all(d.prompt[1:p].all() and not d.prompt[p:].any() for d, p in zip(docs, lengths))
+    want = document_logprobs(pipe.model, docs, [np.arange(len(d)) >= p for d, p in zip(docs, lengths)],
+                             pipe.vocab.pad_id)
+    for rows in (256, 4, 1):
+        got = suffix_logprobs(pipe.model, docs, lengths, pipe.vocab.pad_id, batch_rows=rows)
+        assert torch.allclose(got, want, atol=1e-4), rows
+    with pytest.raises(ValueError, match="prefix length"):
+        suffix_logprobs(pipe.model, docs[:1], [len(docs[0])], pipe.vocab.pad_id)
 
 
 @pytest.mark.parametrize("task", ["i2t", "v2t"])

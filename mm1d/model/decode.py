@@ -79,15 +79,16 @@ class DecodeState:
         return F.rms_norm(x, w.shape, w, self.eps)
 
     @torch.inference_mode()
-    def forward(self, ids: torch.Tensor, token_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, ids: torch.Tensor, token_mask: torch.Tensor | None = None, every: bool = False) -> torch.Tensor:
         """Append ``T`` tokens per row and return the final-norm hidden state of each row's last one.
 
         Args:
             ids: long ``(B, T)``.
             token_mask: bool ``(B, T)``, False for left-padding (prefill only); None: all real.
+            every: return the hidden states of all ``T`` new tokens instead.
 
         Returns:
-            ``(B, D)`` hidden states (apply ``model.lm_head`` for logits).
+            ``(B, D)`` hidden states, or ``(B, T, D)`` with ``every`` (apply ``model.lm_head`` for logits).
         """
         B, T = ids.shape
         start, S = self.length, self.length + T
@@ -133,4 +134,4 @@ class DecodeState:
             x = self._norm(h, w_post)
             h = h + F.linear(F.silu(F.linear(x, wg)) * F.linear(x, wu), wd)
         self.length = S
-        return self._norm(h[:, -1], self.model.model.norm.weight)  # (B, D)
+        return self._norm(h if every else h[:, -1], self.model.model.norm.weight)  # (B, [T,] D)
