@@ -337,7 +337,9 @@ class Pipeline:
                 config = from_dict(GenerationConfig, json.loads((p / GENERATION_FILE).read_text()))
         dev = torch.device(device) if device is not None else (
             default_device() if config.device == "auto" else torch.device(config.device))
-        dtype = torch.bfloat16 if config.dtype == "bfloat16" else None
+        # weights stored in float16 (the shipped bundle) compute in the configured dtype: float16 matmuls
+        # are slow on CPUs and sample differently
+        dtype = torch.bfloat16 if config.dtype == "bfloat16" else torch.float32
         rb = load_release_bundle(p, device=dev, dtype=dtype)
         text = TextTokenizer.load(rb.text_path)
         image = video = None

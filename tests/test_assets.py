@@ -66,4 +66,9 @@ def test_default_bundle_generates_right_after_install() -> None:
     cap = mm1d.generate(None, modality="text", images=out.images[:1], seed=0)
     assert isinstance(cap.texts[0], str) and cap.texts[0]
     # the bundle remembers the smallest budget it was trained to caption from (caption "auto" never goes below)
-    assert mm1d.load().understanding_min_k == 8
+    pipe = mm1d.load()
+    assert pipe.understanding_min_k == 8
+    # stored in float16 for size, computed in float32 (the default GenerationConfig.dtype)
+    stored = {p.dtype for p in load_release_bundle(ASSETS / "shapes-tiny").model.parameters()}
+    assert stored == {torch.float16}
+    assert {p.dtype for p in pipe.model.parameters()} == {torch.float32}
