@@ -89,6 +89,8 @@ def test_resume_equals_uninterrupted_torch(tmp_path: Path, ema: float) -> None:
     run(tmp_path / "part", 8, ema=ema)
     full, part = losses(tmp_path / "full"), losses(tmp_path / "part")
     assert sorted(full) == sorted(part) == list(range(1, 9))
+    # the killed run's row for step 7 (after the step-6 checkpoint) was dropped, not logged twice
+    assert [r["step"] for r in read_metrics(tmp_path / "part" / "metrics.jsonl")] == list(range(1, 9))
     for s in range(1, 9):
         assert part[s] == pytest.approx(full[s], abs=1e-7), s
     # keep_last=2: only the two newest checkpoints stay

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from mm1d.config import TrackingConfig
-from mm1d.utils import is_main
+from mm1d.utils import atomic_write_text, is_main
 
 
 class Tracker:
@@ -32,6 +32,17 @@ class Tracker:
             self._wandb = wandb.init(
                 project=cfg.project, name=cfg.run_name, mode=mode, dir=str(out_dir), config=config or {}
             )
+
+    def rewind(self, step: int) -> int:
+        """Drop the records logged after ``step`` (a run resumed from step ``step``, or restarted from scratch
+        with 0, logs those steps again); the file is rewritten atomically. Returns how many were dropped."""
+        if not self.enabled or not self.path.is_file():
+            return 0
+        records = read_metrics(self.path)
+        kept = [r for r in records if int(r.get("step", 0)) <= step]
+        if len(kept) < len(self.path.read_text().splitlines()):
+            atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
+        return len(records) - len(kept)
 
     def log(self, metrics: dict[str, Any], step: int) -> None:
         if not self.enabled:

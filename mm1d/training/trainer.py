@@ -220,6 +220,7 @@ class Trainer:
         """Train until ``train.max_steps`` optimizer steps, resuming from ``out_dir`` if possible."""
         cfg, eng = self.train_cfg, self.engine
         self.maybe_resume()
+        self.tracker.rewind(self.state.step)  # a killed run's rows past its last checkpoint are logged again
         eng.train(True)
         bar = tqdm(total=cfg.max_steps, initial=self.state.step, disable=not is_main(), dynamic_ncols=True,
                    desc="train")
