@@ -37,6 +37,12 @@ def _padded(docs: Sequence[Document], pad_id: int) -> torch.Tensor:
     return ids
 
 
+def _head_logprobs(model: torch.nn.Module, hidden: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """``(n, D)`` final hidden states and ``(n,)`` next tokens -> ``(n,)`` float32 ``log p(target)`` (CPU)."""
+    logits = model.lm_head(hidden).float()  # (n, V)
+    return (logits.gather(1, target[:, None])[:, 0] - torch.logsumexp(logits, dim=1)).cpu()
+
+
 @torch.no_grad()
 def document_logprobs(
     model: torch.nn.Module, docs: Sequence[Document], masks: Sequence[np.ndarray], pad_id: int, batch_size: int = 64
@@ -74,8 +80,7 @@ def document_logprobs(
         row = torch.cat([torch.full((len(scored[i]),), r) for r, i in enumerate(chunk)])  # (n,)
         col = torch.from_numpy(np.concatenate([scored[i] - 1 for i in chunk]))  # position t - 1 predicts token t
         target = torch.from_numpy(np.concatenate([docs[i].ids[scored[i]] for i in chunk])).to(device)
-        logits = model.lm_head(hidden[row.to(device), col.to(device)]).float()  # (n, V): scored tokens only
-        logp = (logits.gather(1, target[:, None])[:, 0] - torch.logsumexp(logits, dim=1)).cpu()
+        logp = _head_logprobs(model, hidden[row.to(device), col.to(device)], target)  # scored tokens only
         sums = torch.zeros(len(chunk), dtype=torch.float32).index_add_(0, row, logp)
         out[torch.tensor(chunk)] = sums
     return out
@@ -136,8 +141,7 @@ def suffix_logprobs(
         row = torch.cat([torch.full((len(t),), r) for r, t in enumerate(tails)])  # (n,)
         col = torch.cat([torch.arange(len(t)) for t in tails])
         target = tail_ids[row, col].to(device)
-        logits = model.lm_head(preds[row.to(device), col.to(device)]).float()  # (n, V)
-        logp = (logits.gather(1, target[:, None])[:, 0] - torch.logsumexp(logits, dim=1)).cpu()
+        logp = _head_logprobs(model, preds[row.to(device), col.to(device)], target)
         out[torch.tensor(members)] = torch.zeros(len(members)).index_add_(0, row, logp)
     return out
 
