@@ -287,14 +287,18 @@ def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
     return x[:, :, None].expand(B, Hkv, n_rep, S, hd).reshape(B, Hkv * n_rep, S, hd)
 
 
+def _flat(x: torch.Tensor) -> torch.Tensor:
+    """``(B, heads, L, hd)`` -> ``(B * L, heads, hd)``: the rows of a packed batch one after another."""
+    B, heads, L, hd = x.shape
+    return x.transpose(1, 2).reshape(B * L, heads, hd)
+
+
 @torch.compiler.disable  # data-dependent bucket shapes: a compiled block runs this part eagerly
 def _segments_attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: AttentionMask) -> torch.Tensor:
     """Causal SDPA per document run (``segments`` kernel); shapes as in ``attend``."""
     B, H, L, hd = q.shape
     Hkv = k.shape[1]
-    qf = q.transpose(1, 2).reshape(B * L, H, hd)  # (B*L, H, hd)
-    kf = k.transpose(1, 2).reshape(B * L, Hkv, hd)  # (B*L, Hkv, hd)
-    vf = v.transpose(1, 2).reshape(B * L, Hkv, hd)
+    qf, kf, vf = _flat(q), _flat(k), _flat(v)  # (B*L, H or Hkv, hd)
     outs = []
     for g in mask.gathers:  # type: ignore[union-attr]
         n, p = g.shape
@@ -305,7 +309,7 @@ def _segments_attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: At
         # a run's padding repeats its last token after it, so causal masking hides it from the run's queries
         ob = F.scaled_dot_product_attention(qb, kb, vb, is_causal=True, enable_gqa=Hkv != H)  # (n, H, P, hd)
         outs.append(ob.transpose(1, 2).reshape(n * p, H, hd))
-    out = torch.cat(outs).index_select(0, mask.take)  # (B*L, H, hd)  # type: ignore[arg-type]
+    out = torch.cat(outs).index_select(0, mask.take)  # type: ignore[arg-type]  # (B*L, H, hd)
     return out.view(B, L, H, hd).transpose(1, 2)
 
 
@@ -333,10 +337,7 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: AttentionMas
         return _compiled_flex()(q, k, v, block_mask=mask.block_mask, enable_gqa=n_rep > 1)
     if mask.kind == "flash":
         B, H, L, hd = q.shape
-        qf = q.transpose(1, 2).reshape(B * L, H, hd)  # (B*L, H, hd)
-        kf = k.transpose(1, 2).reshape(B * L, k.shape[1], hd)  # (B*L, Hkv, hd)
-        vf = v.transpose(1, 2).reshape(B * L, v.shape[1], hd)  # (B*L, Hkv, hd)
         cu, m = mask.cu_seqlens, mask.max_seqlen
-        out = _flash_varlen(qf, kf, vf, cu, m)  # (B*L, H, hd)
+        out = _flash_varlen(_flat(q), _flat(k), _flat(v), cu, m)  # (B*L, H, hd)
         return out.reshape(B, L, H, hd).transpose(1, 2)  # (B, H, L, hd)
     raise ValueError(f"unknown attention mask kind {mask.kind!r}")
