@@ -155,6 +155,43 @@ def test_segments_model_equals_dense_model_and_compiles_once() -> None:
                 close(a, b, 1e-4)
 
 
+def test_training_forward_drops_padding_and_keeps_the_padded_losses() -> None:
+    """Under the variable-length kernel a training forward runs the blocks on the real tokens only (one
+    concatenated sequence); its per-token losses and gradients equal the dense mask's on the padded batch,
+    whatever the padding holds, and a compiled block does not recompile as the amount of padding changes."""
+    import torch._dynamo
+
+    seg, dense = make(qk_norm=True).train(), make(qk_norm=True, attn_impl="sdpa").train()
+    seen: list[tuple[int, ...]] = []
+    seg.model.embed_tokens.register_forward_hook(lambda m, args, out: seen.append(tuple(out.shape)))
+    seg.compile_blocks(backend="eager")
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        for real in ((40, 31), (17, 40), (5, 28), (40, 40)):
+            doc_ids = torch.full((2, 40), -1)
+            doc_ids[0, : real[0]] = 0
+            doc_ids[0, 9 : real[0]] = 1  # the first row's second document is cut by its padding
+            doc_ids[1, : real[1]] = 0
+            ids, targets = torch.randint(0, V, (2, 40)), torch.randint(0, V, (2, 40))
+            targets[doc_ids < 0] = -100
+            seen.clear()
+            ce, lse = seg(ids, doc_ids=doc_ids, targets=targets)
+            assert seen[-1][:2] == (1, sum(real))
+            ce_d, lse_d = dense(ids, doc_ids=doc_ids, targets=targets)
+            real_mask = doc_ids >= 0
+            close(ce, ce_d, 1e-5)
+            close(lse[real_mask], lse_d[real_mask], 1e-5)
+            assert (ce[~real_mask] == 0).all() and (lse[~real_mask] == 0).all()
+            other = torch.where(real_mask, ids, (ids + 1) % V)  # what the padding holds does not matter
+            close(seg(other, doc_ids=doc_ids, targets=targets)[0], ce, 0.0)
+            loss, loss_d = (ce + 1e-3 * lse).sum(), (ce_d + 1e-3 * torch.where(real_mask, lse_d, 0.0)).sum()
+            for a, b in zip(torch.autograd.grad(loss, list(seg.parameters())),
+                            torch.autograd.grad(loss_d, list(dense.parameters()))):
+                close(a, b, 1e-4)
+    targets[0, -1], doc_ids[0, -1] = 3, -1
+    with pytest.raises(ValueError, match="padding tokens"):
+        seg(ids, doc_ids=doc_ids, targets=targets)
+
+
 def _segment_reference(q, k, v, cu_q, cu_k, max_q, max_k, *, is_causal=False):  # noqa: ANN001, ANN202
     """A CPU stand-in for torch's varlen_attn (no enable_gqa, as in older torch): causal SDPA per segment."""
     assert is_causal and q.shape[1] == k.shape[1], "the glue must ask for causal and repeat the KV heads"

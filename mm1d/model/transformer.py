@@ -22,7 +22,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from mm1d.config import ModelConfig
-from mm1d.model.attention import IMPLS, AttentionMask, attend, build_attention_mask
+from mm1d.model.attention import IMPLS, AttentionMask, attend, build_attention_mask, resolve_impl
 from mm1d.model.kv_cache import StaticKVCache
 
 
@@ -188,6 +188,9 @@ class Backbone(nn.Module):
         self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
 
 
+UNPADDED_KERNELS = ("segments", "flash")  # attention kernels under which a training forward drops the padding
+
+
 def ce_and_lse(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token cross-entropy and log-sum-exp from one softmax pass, in float32.
 
@@ -286,6 +289,12 @@ class Transformer(nn.Module):
             mask = build_attention_mask(doc_ids, self.config.attn_impl, input_ids.device)
         if positions.shape != (B, L):
             raise ValueError(f"positions must match input_ids {(B, L)}, got {tuple(positions.shape)}")
+        return self._run_blocks(input_ids, positions, mask, kv_cache)
+
+    def _run_blocks(
+        self, input_ids: torch.Tensor, positions: torch.Tensor, mask: AttentionMask, kv_cache: StaticKVCache | None
+    ) -> torch.Tensor:
+        """Embedding, blocks and final norm on checked inputs: ``(B, L)`` ids -> ``(B, L, D)``."""
         h = self.model.embed_tokens(input_ids)  # (B, L, D)
         cos, sin = rope_cos_sin(positions, self.head_dim, self.config.rope_theta, h.dtype)
         use_ckpt = self.gradient_checkpointing and self.training and torch.is_grad_enabled() and kv_cache is None
@@ -323,12 +332,55 @@ class Transformer(nn.Module):
             ``targets``, a pair ``(ce, lse)`` of ``(B, L)`` float32 tensors (``ce`` is 0 where the target is
             -100; ``lse`` is the log-partition, for a z-loss ``lse**2``).
         """
+        if targets is not None and doc_ids is not None and kv_cache is None and self._drops_padding(doc_ids):
+            return self._unpadded_losses(input_ids, positions, doc_ids, targets, loss_chunk_tokens)
         h = self.hidden_states(input_ids, positions, doc_ids, kv_cache, token_mask)
         if targets is not None:
             return self.token_losses(h, targets, loss_chunk_tokens)
         if return_hidden:
             return h
         return self.lm_head(h)
+
+    def _drops_padding(self, doc_ids: torch.Tensor) -> bool:
+        """Whether a training forward should drop the padding (``doc_ids == -1``) before the blocks.
+
+        Only the variable-length kernels (``segments``, ``flash``) take the concatenated rows as one long
+        sequence at no extra attention cost; the dense mask would grow quadratically and flex would compile a
+        block mask for every new length. A batch without padding takes the same path, so a compiled block
+        always sees one ``(1, n)`` sequence and never recompiles for a ``(B, L)`` one.
+        """
+        return resolve_impl(self.config.attn_impl, doc_ids.device) in UNPADDED_KERNELS
+
+    def _unpadded_losses(
+        self, input_ids: torch.Tensor, positions: torch.Tensor | None, doc_ids: torch.Tensor,
+        targets: torch.Tensor, loss_chunk_tokens: int | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``forward(..., targets=...)`` computed on the non-padding tokens only.
+
+        The packed rows' real tokens are concatenated into one ``(1, n)`` sequence with their own positions and
+        row-unique document ids, so every token attends to exactly the keys it would in its row, and padding
+        costs nothing. Returns ``(B, L)`` ``ce`` and ``lse``, 0 at the padding (whose targets are -100).
+        """
+        B, L = input_ids.shape
+        if doc_ids.shape != (B, L) or targets.shape != (B, L):
+            raise ValueError(f"doc_ids and targets must match input_ids {(B, L)}, got {tuple(doc_ids.shape)} "
+                             f"and {tuple(targets.shape)}")
+        if L > self.config.max_seq_len:
+            raise ValueError(f"sequence length {L} exceeds model.max_seq_len {self.config.max_seq_len}")
+        if positions is None:
+            positions = torch.arange(L, device=input_ids.device).expand(B, L)
+        elif positions.shape != (B, L):
+            raise ValueError(f"positions must match input_ids {(B, L)}, got {tuple(positions.shape)}")
+        keep = doc_ids >= 0  # (B, L)
+        if bool((targets[~keep] != -100).any()):
+            raise ValueError("padding tokens (doc_ids -1) must have target -100")
+        row = torch.arange(B, device=doc_ids.device)[:, None]
+        flat_docs = (doc_ids + row * L)[keep][None]  # (1, n): ids unique across rows, so runs never merge
+        mask = build_attention_mask(flat_docs, self.config.attn_impl, input_ids.device)
+        h = self._run_blocks(input_ids[keep][None], positions[keep][None], mask, None)  # (1, n, D)
+        ce, lse = self.token_losses(h, targets[keep][None], loss_chunk_tokens)  # (1, n) each
+        zeros = ce.new_zeros(B, L)
+        return zeros.masked_scatter(keep, ce[0]), zeros.masked_scatter(keep, lse[0])
 
     def token_losses(
         self, hidden: torch.Tensor, targets: torch.Tensor, chunk_tokens: int | None = None
@@ -369,15 +421,21 @@ class Transformer(nn.Module):
         return self._ce_and_lse(self.lm_head(h), t)
 
     # ---- helpers --------------------------------------------------------------------------------------
-    def compile_blocks(self, **compile_kwargs: Any) -> None:
+    def compile_blocks(self, device: torch.device | str | None = None, **compile_kwargs: Any) -> None:
         """``torch.compile`` every block and the chunked loss in place; parameter names do not change.
 
         Compiling block by block keeps compile time flat in depth (one graph serves every layer) and lets
-        inductor fuse the norms, RoPE, SwiGLU and the loss's upcast + log-sum-exp.
+        inductor fuse the norms, RoPE, SwiGLU and the loss's upcast + log-sum-exp. With a variable-length
+        kernel, training drops the padding, so the sequence length changes every step: the graphs are then
+        compiled for dynamic shapes from the start (one compile instead of a static one and a recompile).
 
         Args:
+            device: where the model will train (default: where its parameters are now); picks the kernel.
             compile_kwargs: passed to ``torch.compile`` (for example ``backend="eager"`` in tests).
         """
+        device = torch.device(device) if device is not None else next(self.parameters()).device
+        if resolve_impl(self.config.attn_impl, device) in UNPADDED_KERNELS:
+            compile_kwargs.setdefault("dynamic", True)
         for layer in self.model.layers:
             layer.compile(**compile_kwargs)
         # The head matmul stays outside the graph (cuBLAS either way; inductor would pad the V stride).

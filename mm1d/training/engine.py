@@ -71,14 +71,14 @@ def ensure_dist_env() -> None:
     os.environ.setdefault("MASTER_PORT", str(_free_port()))
 
 
-def compile_in_place(model: nn.Module) -> None:
+def compile_in_place(model: nn.Module, device: torch.device | None = None) -> None:
     """``torch.compile`` ``model`` without renaming its parameters (checkpoints stay interchangeable).
 
-    A model with ``compile_blocks`` (the transformer) compiles each block and its loss, as torchtitan does;
-    any other module compiles its ``forward``.
+    A model with ``compile_blocks`` (the transformer) compiles each block and its loss, as torchtitan does,
+    for the kernels of ``device`` (where it will train); any other module compiles its ``forward``.
     """
     if hasattr(model, "compile_blocks"):
-        model.compile_blocks()
+        model.compile_blocks(device=device)
     else:
         model.compile()
 
@@ -123,7 +123,7 @@ class Engine:
         self.micro_step = 0
         self.global_step = 0
         if cfg.compile:
-            compile_in_place(model)
+            compile_in_place(model, self.device)
         if self.backend == "deepspeed":
             self._init_deepspeed(model, optim, total_steps, micro_batch_size)
         else:
