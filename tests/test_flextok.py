@@ -414,3 +414,37 @@ def test_mlp_patch_head_lifts_the_rank_bound_and_starts_at_zero(tmp_path: Path) 
     loaded = FlexTok.from_pretrained(tmp_path / "bundle")
     assert loaded.cfg.patch_mlp == 64
     assert torch.equal(loaded.autoencode(x, 4, steps=2, seed=0), mlp.autoencode(x, 4, steps=2, seed=0))
+
+
+def test_compact_decoder_equals_the_full_register_sequence() -> None:
+    """Inference runs the registers past the longest kept prefix as one token with a log(copies) attention
+    bias: the velocity equals the full 16 + N token pass for every k, for ragged rows and for null
+    (unconditional) rows, and the blocks see only P + kmax + 1 tokens."""
+    model = make_model(register_summary=True)
+    with torch.no_grad():
+        model.mask_token.normal_(0, 1.0)  # distinct from the null condition, so a wrong count would show
+        model.null_cond.normal_(0, 1.0)
+    seen: list[int] = []
+    model.dec_blocks[0].register_forward_pre_hook(lambda m, args: seen.append(args[0].shape[1]))
+    codes = model.fsq.indices_to_codes(model.tokenize(images(4)))  # (4, 8, D_fsq)
+    x, t = torch.randn(4, 3, 16, 16), torch.rand(4)
+    p, n = model.num_patches, model.num_registers
+    for keep_k in ([1, 1, 1, 1], [1, 3, 2, 1], [5, 2, 7, 1], [8, 8, 8, 8], [7, 7, 7, 7]):
+        keep = torch.tensor(keep_k)
+        for null in (torch.zeros(4, dtype=torch.bool), torch.tensor([False, True, False, True])):
+            seen.clear()
+            full = model.decoder_forward(x, t, codes, keep, null)[0]
+            compact = model.decoder_forward(x, t, codes, keep, null, compact=True)[0]
+            torch.testing.assert_close(compact, full, rtol=1e-5, atol=1e-5)
+            copies = n - max(keep_k)
+            assert seen == [p + n, p + n - copies + 1 if copies > 1 else p + n]
+    # and detokenize uses it: a 1-token decode equals the plain decoder's
+    ids = model.tokenize(images(2), k=1)
+    fast = model.detokenize(ids, steps=2, seed=0, guidance_scale=2.0)
+    plain = FlexTok.decoder_forward
+    try:
+        FlexTok.decoder_forward = lambda self, *a, compact=False, **kw: plain(self, *a, **kw)  # type: ignore[method-assign]
+        slow = model.detokenize(ids, steps=2, seed=0, guidance_scale=2.0)
+    finally:
+        FlexTok.decoder_forward = plain  # type: ignore[method-assign]
+    torch.testing.assert_close(fast, slow, rtol=1e-5, atol=1e-5)

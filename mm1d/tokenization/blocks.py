@@ -183,7 +183,8 @@ class Attention(nn.Module):
 
         Args:
             x: ``(B, L, D)``.
-            mask: None (full attention), bool ``(L, L)`` or bool ``(B, L, L)``; True = attend.
+            mask: None (full attention), bool ``(L, L)`` or bool ``(B, L, L)`` (True = attend), or a float
+                additive bias on the attention logits of the same shapes (in ``x``'s dtype).
 
         Returns:
             ``(B, L, D)``.
@@ -193,8 +194,8 @@ class Attention(nn.Module):
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, L, Dh)
         q, k = self.q_norm(q), self.k_norm(k)
         if mask is not None:
-            if mask.dtype != torch.bool:
-                raise ValueError(f"attention mask must be bool, got {mask.dtype}")
+            if mask.dtype != torch.bool and mask.dtype != q.dtype:
+                raise ValueError(f"attention mask must be bool or a {q.dtype} bias, got {mask.dtype}")
             if mask.dim() == 3:
                 mask = mask[:, None]  # (B, 1, L, L)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, H, L, Dh)

@@ -215,8 +215,14 @@ class FlexTok(RegisterTokenizer):
         keep_k: torch.Tensor,
         null: torch.Tensor,
         return_repa: bool = False,
+        compact: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Predict the velocity.
+
+        The registers past the longest kept prefix are identical in every row (the mask token, or the null
+        condition), and attention has no positional term, so they stay identical through every block. With
+        ``compact`` they are run as one token whose attention logit gets ``+log(copies)``: the same output for
+        far fewer tokens at small k (inference; training keeps the plain path).
 
         Args:
             x_t: noised latents ``(B, C, h, w)``.
@@ -225,6 +231,7 @@ class FlexTok(RegisterTokenizer):
             keep_k: long ``(B,)`` tokens kept per sample.
             null: bool ``(B,)`` rows decoded without condition.
             return_repa: also return the patch tokens after block ``repa_layer``.
+            compact: run the identical trailing registers as one weighted token (see above).
 
         Returns:
             (velocity float32 ``(B, C, h, w)`` (from the predicted clean latents when
@@ -239,10 +246,18 @@ class FlexTok(RegisterTokenizer):
             kept = (~nested_dropout_mask(keep_k.to(reg.device), self.num_registers)).to(dtype)  # (B, N)
             pooled = (reg * kept[..., None]).sum(1) / kept.sum(1, keepdim=True).clamp_min(1.0)  # (B, Dd)
             cond = cond + self.summary(pooled)
-        h = torch.cat([x, reg], dim=1)  # (B, P + N, Dd)
+        groups, bias = self.groups, None
+        copies = self.num_registers - int(keep_k.max())  # registers past every row's prefix
+        if compact and copies > 1:
+            reg = reg[:, : self.num_registers - copies + 1]  # (B, kmax + 1, Dd): the last stands for all copies
+            groups = self.groups[: self.num_patches + reg.shape[1]]
+            bias = torch.zeros(len(groups), dtype=dtype, device=x.device)
+            bias[-1] = math.log(copies)
+            bias = bias.expand(len(groups), len(groups))  # (L, L): the same key bias for every query
+        h = torch.cat([x, reg], dim=1)  # (B, P + N, Dd), or (B, P + kmax + 1, Dd) compacted
         feats = None
         for i, blk in enumerate(self.dec_blocks):
-            h = blk(h, cond, self.groups)
+            h = blk(h, cond, groups, bias)
             if return_repa and i == cfg.repa_layer:
                 feats = h[:, : self.num_patches]
         out = self.dec_final(h[:, : self.num_patches], cond, self.groups[: self.num_patches])  # (B, P, C p p)
@@ -345,9 +360,10 @@ class FlexTok(RegisterTokenizer):
 
         def model_fn(x: torch.Tensor, t: torch.Tensor, with_uncond: bool) -> torch.Tensor:
             if not with_uncond:
-                return self.decoder_forward(x, t, codes, keep, torch.zeros(b, dtype=torch.bool, device=device))[0]
+                return self.decoder_forward(x, t, codes, keep, torch.zeros(b, dtype=torch.bool, device=device),
+                                            compact=True)[0]
             null = torch.arange(2 * b, device=device) >= b  # rows B..2B-1 are unconditional
-            return self.decoder_forward(x, t, codes.repeat(2, 1, 1), keep.repeat(2), null)[0]
+            return self.decoder_forward(x, t, codes.repeat(2, 1, 1), keep.repeat(2), null, compact=True)[0]
 
         with self._eval_mode():
             velocity = guided_velocity(model_fn, scale, APGConfig() if use_apg else None)

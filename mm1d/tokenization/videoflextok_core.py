@@ -8,6 +8,7 @@ docstring there describes the method.
 from __future__ import annotations
 
 import copy
+import math
 
 import torch
 from torch import nn
@@ -164,9 +165,11 @@ class VideoFlexTokCore(RegisterTokenizer):
             mask = mask | (past & (order[None, :] <= order[:, None]))
         return mask
 
-    def decoder_mask(self, steps: int, device: torch.device | str = "cpu") -> torch.Tensor:
-        """bool ``(L, L)`` decoder mask: every token sees all tokens of its own and earlier steps."""
-        time, is_reg, order = self._layout(steps, self.num_registers, torch.device(device))
+    def decoder_mask(self, steps: int, device: torch.device | str = "cpu", regs: int | None = None) -> torch.Tensor:
+        """bool ``(L, L)`` decoder mask: every token sees all tokens of its own and earlier steps (``regs``
+        registers per step, default N)."""
+        regs = self.num_registers if regs is None else regs
+        time, is_reg, order = self._layout(steps, regs, torch.device(device))
         return build_attention_mask(
             time, is_reg, order, time_mode="causal", register_mode="full", patches_see_registers=True
         )
@@ -242,8 +245,14 @@ class VideoFlexTokCore(RegisterTokenizer):
         keep_k: torch.Tensor,
         null: torch.Tensor,
         prefix: torch.Tensor,
+        compact: bool = False,
     ) -> torch.Tensor:
         """Predict the velocity of every latent step.
+
+        Within a step, the registers past the longest kept prefix are identical in every row (the mask token
+        or the null condition, with the step's conditioning) and see the same keys, so they stay identical
+        through every block. With ``compact`` each step runs them as one token whose attention logit gets
+        ``+log(copies)``: the same output for far fewer tokens at small k (inference only).
 
         Args:
             x_t: noised latents ``(B, C, T, h, w)`` (prefix steps clean).
@@ -252,6 +261,7 @@ class VideoFlexTokCore(RegisterTokenizer):
             keep_k: long ``(B, T)`` tokens kept per step.
             null: bool ``(B,)`` rows decoded without condition.
             prefix: bool ``(B, T)`` clean prefix steps.
+            compact: run each step's identical trailing registers as one weighted token (see above).
 
         Returns:
             velocity float32 ``(B, C, T, h, w)`` (from the predicted clean latents when ``prediction="x0"``).
@@ -267,10 +277,18 @@ class VideoFlexTokCore(RegisterTokenizer):
             kept = (~nested_dropout_mask(keep_k.reshape(b * t).to(x.device), n)).view(b, t, n, 1).to(dtype)
             pooled = (reg * kept).sum(2) / kept.sum(2).clamp_min(1.0)  # (B, T, Dd)
             cond = cond + self.summary(pooled)
+        copies = n - int(keep_k.max())  # registers past every row's prefix, in every step
+        if compact and copies > 1:
+            n = n - copies + 1
+            reg = reg[:, :, :n]  # (B, T, kmax + 1, Dd): the last of each step stands for all its copies
+            _, is_reg, order = self._layout(t, n, x.device)
+            bias = torch.where(is_reg & (order == n - 1), math.log(copies), 0.0)  # (L,): a bias per key
+            mask = torch.where(self.decoder_mask(t, x.device, regs=n), bias[None, :], float("-inf")).to(dtype)
+        else:
+            mask = self.decoder_mask(t, x.device)
         h = torch.cat([x, reg], dim=2).reshape(b, t * (p + n), -1)  # (B, T*(P+N), Dd)
         time, is_reg, _ = self._layout(t, n, h.device)
         groups = is_reg.long() if cfg.register_modulation else None
-        mask = self.decoder_mask(t, h.device)
         for blk in self.dec_blocks:
             h = blk(h, cond, groups, mask, cond_index=time)
         patches = h.view(b, t, p + n, -1)[:, :, :p].reshape(b, t * p, -1)  # (B, T*P, Dd)
@@ -331,7 +349,8 @@ class VideoFlexTokCore(RegisterTokenizer):
             t_step = torch.where(pm, torch.zeros_like(tt)[:, None], tt[:, None])  # (M, T)
             null = torch.arange(m, device=device) >= b  # rows B..2B-1 (only with_uncond) are unconditional
             rep = m // b
-            v = self.decoder_forward(x, t_step, codes.repeat(rep, 1, 1, 1), keep_k.repeat(rep, 1), null, pm)
+            v = self.decoder_forward(x, t_step, codes.repeat(rep, 1, 1, 1), keep_k.repeat(rep, 1), null, pm,
+                                     compact=True)
             return v * (~pm)[:, None, :, None, None]  # prefix steps do not move (and do not enter APG norms)
 
         with self._eval_mode():
