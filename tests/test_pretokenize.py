@@ -194,6 +194,13 @@ def test_adaptive_budget_is_smallest_passing_k(text_tok, tmp_path) -> None:
                 break
         assert ks[i] == expected
     assert len(set(ks)) > 1  # the threshold separates these samples
+    # the k = N pass is never decoded (a sample that reaches it gets N either way), and the answer is unchanged
+    decoded: list[int] = []
+    plain = tok.detokenize
+    tok.detokenize = lambda ids, **kw: (decoded.append(ids.shape[-1]), plain(ids, **kw))[1]  # type: ignore[method-assign]
+    assert adaptive_budget(tok, x, ids, AdaptiveBudgetConfig(enabled=True, psnr=1e3)) == [8] * 5
+    assert decoded == [1, 2, 4]
+    tok.detokenize = plain  # type: ignore[method-assign]
     cfg = _cfg(tmp_path, adaptive=acfg, num_videos=2)
     pretokenize(cfg, _toks(text_tok), ShapesSource(cfg), rank=0, world_size=1)
     shard = Shard(tmp_path / "shard_00000.json")

@@ -228,7 +228,7 @@ def adaptive_budget(tok: VisualTokenizer, x: torch.Tensor, ids: torch.Tensor, ac
     out = [n] * x.shape[0]
     todo = list(range(x.shape[0]))
     for k in cands:
-        if not todo:
+        if not todo or k == n:  # a sample that reaches k = N gets N whatever it decodes to: skip that pass
             break
         # every sample decodes with the same seed, whatever batch it shares
         rec = tok.detokenize(ids[todo, ..., :k], steps=acfg.steps, guidance_scale=acfg.guidance_scale,
