@@ -75,8 +75,11 @@ def test_attention_per_sample_mask_matches_shared() -> None:
     out = attn(x, torch.stack([m0, m1]))
     assert torch.allclose(out[:1], attn(x[:1], m0), atol=1e-6)
     assert torch.allclose(out[1:], attn(x[1:], m1), atol=1e-6)
-    with pytest.raises(ValueError, match="bool"):
-        attn(x, m0.float())
+    # a float mask is an additive bias on the logits: -inf where the bool mask is False gives the same output
+    bias = torch.zeros(6, 6).masked_fill(~m1, float("-inf"))
+    torch.testing.assert_close(attn(x, bias), attn(x, m1), rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="bool or a torch.float32 bias"):
+        attn(x, m0.double())
     with pytest.raises(ValueError, match="divisible"):
         Attention(30, 4)
 
