@@ -278,16 +278,16 @@ class VideoFlexTokCore(RegisterTokenizer):
             pooled = (reg * kept).sum(2) / kept.sum(2).clamp_min(1.0)  # (B, T, Dd)
             cond = cond + self.summary(pooled)
         copies = n - int(keep_k.max())  # registers past every row's prefix, in every step
-        if compact and copies > 1:
+        compacted = compact and copies > 1
+        if compacted:
             n = n - copies + 1
             reg = reg[:, :, :n]  # (B, T, kmax + 1, Dd): the last of each step stands for all its copies
-            _, is_reg, order = self._layout(t, n, x.device)
+        time, is_reg, order = self._layout(t, n, x.device)
+        mask = self.decoder_mask(t, x.device, regs=n)
+        if compacted:
             bias = torch.where(is_reg & (order == n - 1), math.log(copies), 0.0)  # (L,): a bias per key
-            mask = torch.where(self.decoder_mask(t, x.device, regs=n), bias[None, :], float("-inf")).to(dtype)
-        else:
-            mask = self.decoder_mask(t, x.device)
+            mask = torch.where(mask, bias[None, :], float("-inf")).to(dtype)
         h = torch.cat([x, reg], dim=2).reshape(b, t * (p + n), -1)  # (B, T*(P+N), Dd)
-        time, is_reg, _ = self._layout(t, n, h.device)
         groups = is_reg.long() if cfg.register_modulation else None
         for blk in self.dec_blocks:
             h = blk(h, cond, groups, mask, cond_index=time)
