@@ -280,16 +280,26 @@ class Transformer(nn.Module):
         else:
             if token_mask is not None:
                 raise ValueError("token_mask is only used with a KV cache; pack documents with doc_ids instead")
-            if L > self.config.max_seq_len:
-                raise ValueError(f"sequence length {L} exceeds model.max_seq_len {self.config.max_seq_len}")
-            if doc_ids is not None and doc_ids.shape != (B, L):
-                raise ValueError(f"doc_ids must match input_ids {(B, L)}, got {tuple(doc_ids.shape)}")
-            if positions is None:
-                positions = torch.arange(L, device=input_ids.device).expand(B, L)
+            positions = self._packed_positions(input_ids, positions, doc_ids)
             mask = build_attention_mask(doc_ids, self.config.attn_impl, input_ids.device)
         if positions.shape != (B, L):
             raise ValueError(f"positions must match input_ids {(B, L)}, got {tuple(positions.shape)}")
         return self._run_blocks(input_ids, positions, mask, kv_cache)
+
+    def _packed_positions(
+        self, input_ids: torch.Tensor, positions: torch.Tensor | None, doc_ids: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Check a cache-free ``(B, L)`` batch against the model; returns its positions (default ``0..L-1``)."""
+        B, L = input_ids.shape
+        if L > self.config.max_seq_len:
+            raise ValueError(f"sequence length {L} exceeds model.max_seq_len {self.config.max_seq_len}")
+        if doc_ids is not None and doc_ids.shape != (B, L):
+            raise ValueError(f"doc_ids must match input_ids {(B, L)}, got {tuple(doc_ids.shape)}")
+        if positions is None:
+            return torch.arange(L, device=input_ids.device).expand(B, L)
+        if positions.shape != (B, L):
+            raise ValueError(f"positions must match input_ids {(B, L)}, got {tuple(positions.shape)}")
+        return positions
 
     def _run_blocks(
         self, input_ids: torch.Tensor, positions: torch.Tensor, mask: AttentionMask, kv_cache: StaticKVCache | None
@@ -362,15 +372,9 @@ class Transformer(nn.Module):
         costs nothing. Returns ``(B, L)`` ``ce`` and ``lse``, 0 at the padding (whose targets are -100).
         """
         B, L = input_ids.shape
-        if doc_ids.shape != (B, L) or targets.shape != (B, L):
-            raise ValueError(f"doc_ids and targets must match input_ids {(B, L)}, got {tuple(doc_ids.shape)} "
-                             f"and {tuple(targets.shape)}")
-        if L > self.config.max_seq_len:
-            raise ValueError(f"sequence length {L} exceeds model.max_seq_len {self.config.max_seq_len}")
-        if positions is None:
-            positions = torch.arange(L, device=input_ids.device).expand(B, L)
-        elif positions.shape != (B, L):
-            raise ValueError(f"positions must match input_ids {(B, L)}, got {tuple(positions.shape)}")
+        positions = self._packed_positions(input_ids, positions, doc_ids)
+        if targets.shape != (B, L):
+            raise ValueError(f"targets must be {(B, L)}, got {tuple(targets.shape)}")
         keep = doc_ids >= 0  # (B, L)
         if bool((targets[~keep] != -100).any()):
             raise ValueError("padding tokens (doc_ids -1) must have target -100")
