@@ -105,7 +105,8 @@ def test_compiled_training_gives_the_eager_losses_and_a_loadable_bundle(assets: 
 
 def test_deepspeed_launcher_two_cpu_ranks(assets: dict, tmp_path: Path) -> None:
     """ZeRO-2 and ZeRO-3 on 2 CPU ranks, with code factors: the same losses, and each ZeRO checkpoint
-    consolidates (zero_to_fp32, then folded) to exactly the weights of the release bundle."""
+    consolidates (zero_to_fp32, then folded) to exactly the weights of the release bundle. No DeepSpeed op is
+    compiled (the shared-memory all-reduce op serves only tensor-parallel inference)."""
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
     from safetensors.torch import load_file
 
@@ -123,8 +124,11 @@ def test_deepspeed_launcher_two_cpu_ranks(assets: dict, tmp_path: Path) -> None:
                                             "code_factors": "true"})
         cmd = [launcher, "--num_gpus", "2", "--master_port", str(free_port()), str(ROOT / "train" / "pretrain.py"),
                "--config", str(CONFIG), *args]
-        r = subprocess.run(cmd, env=env(), cwd=ROOT, capture_output=True, text=True, timeout=600)
+        ext = tmp_path / "torch_extensions"  # an empty build cache: a JIT op would be compiled into it
+        r = subprocess.run(cmd, env={**env(), "TORCH_EXTENSIONS_DIR": str(ext)}, cwd=ROOT, capture_output=True,
+                           text=True, timeout=600)
         assert r.returncode == 0, (stage, r.stdout[-2000:], r.stderr[-3000:])
+        assert "shm_comm" not in r.stdout + r.stderr and not ext.exists(), "a DeepSpeed op was compiled"
         runs[stage] = lo = losses(out)
         assert sorted(lo) == list(range(1, 9))
         assert lo[8] < lo[1]

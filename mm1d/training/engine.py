@@ -12,6 +12,7 @@ any moment leaves the previous checkpoint intact.
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
 import os
@@ -69,6 +70,19 @@ def ensure_dist_env() -> None:
     os.environ.setdefault("WORLD_SIZE", "1")
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
     os.environ.setdefault("MASTER_PORT", str(_free_port()))
+
+
+def skip_shm_comm_op() -> None:
+    """Keep DeepSpeed's CPU backend from JIT-compiling its shared-memory all-reduce op.
+
+    ``init_distributed`` builds ``deepspeed_shm_comm`` with g++ (40-48 s on a machine without the build cache),
+    but only ``inference_all_reduce`` (tensor-parallel inference) calls it, and that falls back to
+    ``torch.distributed.all_reduce`` without it. ZeRO training reduces through ``torch.distributed`` (gloo)
+    either way, so the op is never used here.
+    """
+    # by module name: ``deepspeed.comm`` star-imports ``torch``, which hides its ``torch`` submodule attribute
+    ds_comm = importlib.import_module("deepspeed.comm.torch")
+    ds_comm.build_shm_op = lambda: None
 
 
 def compile_in_place(model: nn.Module, device: torch.device | None = None) -> None:
@@ -188,9 +202,10 @@ class Engine:
         import deepspeed
 
         ensure_dist_env()
+        if not torch.cuda.is_available():
+            skip_shm_comm_op()  # before anything creates DeepSpeed's communication backend
         if not torch.distributed.is_initialized():
-            backend = "nccl" if torch.cuda.is_available() else "gloo"
-            deepspeed.init_distributed(dist_backend=backend)
+            deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
         conf = self.ds_config(optim, mbs)
         groups = param_groups(model, optim.weight_decay)
         sched = lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(optim, total_steps))  # noqa: E731
