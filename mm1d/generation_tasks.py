@@ -448,7 +448,9 @@ def caption(
     inputs_b = [codes[b // num_samples][..., : budgets[b]].numpy() for b in range(B)]
     prefix_ids = [pipe.text.encode(p) if p is not None else [] for p in prefixes]
 
-    def run(rows: list[int], p: SamplingParams, row_seeds: list[int]) -> tuple[list[np.ndarray], int]:
+    def run(rows: list[int], p: SamplingParams, row_seeds: list[int]
+            ) -> tuple[list[np.ndarray], int, torch.Tensor]:
+        """Captions of ``rows``, tokens sampled, and each caption's ``log p(caption <eos> | input)``."""
         prompts, programs = [], []
         for b in rows:
             g = b // num_samples
@@ -457,30 +459,38 @@ def caption(
             pr, prog = understanding_program(vocab, sample_in, max_new, prefix)
             prompts.append([pr])
             programs.append(prog)
-        out = pipe._sample(prompts, programs, p, row_seeds, None)
+        out = pipe._sample(prompts, programs, p, row_seeds, None, logprobs=bool(rerank))
         caps = []
         for r in range(len(rows)):
             s = _parse(pipe, out.prompts[r][0], out.tokens[r])
             caps.append(np.asarray(s.caption if s.caption is not None else np.zeros(0), dtype=np.int64))
-        return caps, sum(len(t) for t in out.tokens)
+        return caps, sum(len(t) for t in out.tokens), out.logprobs
 
     clock = _timer()
-    caps, n_sampled = run(list(range(B)), params, seeds)
+    caps, n_sampled, cap_lp = run(list(range(B)), params, seeds)
     meta: dict[str, Any] = {}
     if rerank:
         # candidate j of row b: its own seed, distinct across rows and candidates for non-negative seeds
         rows = [b for b in range(B) for _ in range(rerank)]
         cand_seeds = [c for j, c in enumerate(candidate_seeds(seeds, rerank)) if j % (rerank + 1)]
-        drawn, n = run(rows, SamplingParams(preset.rerank_temperature, params.top_k, params.top_p), cand_seeds)
+        drawn, n, drawn_lp = run(rows, SamplingParams(preset.rerank_temperature, params.top_k, params.top_p),
+                                 cand_seeds)
         n_sampled += n
-        pool = [[caps[b]] + drawn[b * rerank : (b + 1) * rerank] for b in range(B)]
-        # score each distinct non-empty candidate of a row once (draws often repeat the greedy caption)
-        flat = [(b, np.asarray(c, dtype=np.int64)) for b in range(B)
-                for c in dict.fromkeys(tuple(c.tolist()) for c in pool[b] if len(c))]
-        scores = rerank_scores(pipe.model, vocab, task, [inputs_b[b] for b, _ in flat], [c for _, c in flat],
-                               preset.rerank_weight)
+        pool = [[(caps[b], cap_lp[b])] + list(zip(drawn[b * rerank : (b + 1) * rerank],
+                                                  drawn_lp[b * rerank : (b + 1) * rerank])) for b in range(B)]
+        # each distinct non-empty candidate of a row once (draws often repeat the greedy caption), with the
+        # captioning log-likelihood the sampler summed while drawing it: only log p(input | caption) runs here
+        flat: list[tuple[int, np.ndarray, torch.Tensor]] = []
+        for b in range(B):
+            distinct: dict[tuple[int, ...], torch.Tensor] = {}
+            for c, lp in pool[b]:
+                if len(c):
+                    distinct.setdefault(tuple(c.tolist()), lp)
+            flat += [(b, np.asarray(c, dtype=np.int64), lp) for c, lp in distinct.items()]
+        scores = rerank_scores(pipe.model, vocab, task, [inputs_b[b] for b, _, _ in flat], [c for _, c, _ in flat],
+                               preset.rerank_weight, caption_logprobs=torch.stack([lp for _, _, lp in flat]))
         best = torch.full((B,), -float("inf"))
-        for (b, c), v in zip(flat, scores.tolist()):
+        for (b, c, _), v in zip(flat, scores.tolist()):
             if v > best[b]:
                 best[b], caps[b] = v, c
         meta = dict(rerank=rerank, rerank_weight=preset.rerank_weight, rerank_temperature=preset.rerank_temperature,

@@ -369,9 +369,10 @@ class Pipeline:
         return ids
 
     def _sample(self, prompts: list[list[list[int]]], programs: list[RowProgram], params: SamplingParams,
-                seeds: list[int], weights: torch.Tensor | None, hook: Callable | None = None) -> Any:
+                seeds: list[int], weights: torch.Tensor | None, hook: Callable | None = None,
+                logprobs: bool = False) -> Any:
         return sample(self.model, prompts, programs, self.table, params, seeds, weights, self.vocab.pad_id,
-                      self.model.config.max_seq_len, hook)
+                      self.model.config.max_seq_len, hook, return_logprobs=logprobs)
 
     def _decode_steps(self, tok: Any, steps: int | None) -> tuple[int, float]:
         cfg = self.config

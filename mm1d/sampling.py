@@ -346,6 +346,8 @@ class SampleOutput:
         tokens: ``[B]`` emitted ids per sample (forced and sampled), the program's output.
         budgets: the budget chosen at a budget slot (``budget="auto"``), else None, per sample.
         logits: with ``return_logits``: per step, the conditional stream's raw logits ``(B, V)`` float32.
+        logprobs: with ``return_logprobs``: per sample, ``sum_t log p(tokens[t] | prompt, tokens[:t])`` under
+            the conditional stream's raw logits (no temperature, guidance or constraint), float32 ``(B,)``.
         steps: decode steps run.
     """
 
@@ -353,6 +355,7 @@ class SampleOutput:
     tokens: list[list[int]]
     budgets: list[int | None]
     logits: list[torch.Tensor] = field(default_factory=list)
+    logprobs: torch.Tensor | None = None
     steps: int = 0
 
 
@@ -388,6 +391,7 @@ def sample(
     max_seq_len: int | None = None,
     hook: Callable[[int, Sequence[RowProgram]], None] | None = None,
     return_logits: bool = False,
+    return_logprobs: bool = False,
 ) -> SampleOutput:
     """Run the programs of ``B`` samples to completion, with ``S`` CFG streams each.
 
@@ -405,6 +409,9 @@ def sample(
         max_seq_len: the model's context; a clear error when prompt + program do not fit.
         hook: called after every step with ``(step, programs)`` (previews, streaming).
         return_logits: keep each step's raw conditional logits (for tests).
+        return_logprobs: sum each sample's log-probability of what it emitted (forced tokens included) under
+            the model's own distribution, as ``suffix_logprobs`` scores the finished document: caption
+            reranking then needs no second pass over the candidates.
 
     Returns:
         A ``SampleOutput``.
@@ -457,6 +464,7 @@ def sample(
         hidden = hidden.index_select(0, fan)
     logits = model.lm_head(hidden).float()  # (S*B, V)
     out = SampleOutput(prompts=[[list(x) for x in p] for p in prompts], tokens=[], budgets=[])
+    total_lp = torch.zeros(B, dtype=torch.float32)
     alive = list(range(B))  # the samples whose rows are in the decode state, in order
     step = 0
     for step in range(steps):  # noqa: B007
@@ -477,6 +485,10 @@ def sample(
             tok = torch.where(forced >= 0, forced, drawn)
         else:
             tok = forced
+        if return_logprobs:  # rows whose program already finished emit nothing
+            lp = logits[:n].gather(1, tok.to(device)[:, None])[:, 0] - torch.logsumexp(logits[:n], dim=1)
+            emitting = torch.tensor([not p.done for p in live])
+            total_lp.index_add_(0, torch.tensor(alive), torch.where(emitting, lp.cpu(), 0.0))
         for p, t in zip(live, tok.tolist(), strict=True):
             p.advance(t)
         if hook is not None:
@@ -491,6 +503,7 @@ def sample(
         logits = model.lm_head(step_fn(feed, None)).float()  # (S*n, V)
     out.tokens = [list(p.out) for p in programs]
     out.budgets = [p.budget for p in programs]
+    out.logprobs = total_lp if return_logprobs else None
     out.steps = step + 1
     return out
 

@@ -306,6 +306,19 @@ def refine_captions(
     return caps, edits
 
 
+def caption_direction(
+    model: torch.nn.Module, vocab: Vocab, task: str, codes: Sequence[np.ndarray], captions: Sequence[np.ndarray],
+    batch_size: int = 64,
+) -> torch.Tensor:
+    """``log p(caption <eos> | codes)`` under the captioning document (I2T / V2T) of each pair: ``(n,)`` float32."""
+    und = [build_document(SequenceSample(task, c, x), vocab) for x, c in zip(codes, captions)]
+    prompt_len = [1 + int(d.prompt.sum()) for d in und]  # <bos> and the prompt; the caption and <eos> follow
+    if isinstance(model, Transformer) and all(d.prompt[1:p].all() for d, p in zip(und, prompt_len)):
+        return suffix_logprobs(model, und, prompt_len, vocab.pad_id)  # one prefill per input
+    return document_logprobs(model, und, [~d.prompt & (np.arange(len(d)) > 0) for d in und], vocab.pad_id,
+                             batch_size)
+
+
 def rerank_scores(
     model: torch.nn.Module,
     vocab: Vocab,
@@ -314,6 +327,7 @@ def rerank_scores(
     captions: Sequence[np.ndarray],
     weight: float,
     batch_size: int = 64,
+    caption_logprobs: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``log p(caption | codes) + weight * log p(codes | caption)`` for each (codes, caption) pair.
 
@@ -325,22 +339,23 @@ def rerank_scores(
         captions: ``(n,)`` local text ids of each candidate (non-empty).
         weight: weight of the generation direction; 0 scores captioning likelihood alone.
         batch_size: documents per forward pass.
+        caption_logprobs: ``(len(captions),)`` ``log p(caption <eos> | codes)`` when already known (the sampler's
+            ``return_logprobs`` while drawing the candidates); only the generation direction then runs.
 
     Returns:
         ``(len(captions),)`` float32 scores; higher is better.
     """
     _check_pairs(task, codes, captions)
-    und = [build_document(SequenceSample(task, c, x), vocab) for x, c in zip(codes, captions)]
-    prompt_len = [1 + int(d.prompt.sum()) for d in und]  # <bos> and the prompt; the caption and <eos> follow
-    if isinstance(model, Transformer) and all(d.prompt[1:p].all() for d, p in zip(und, prompt_len)):
-        score = suffix_logprobs(model, und, prompt_len, vocab.pad_id)  # one prefill per input
+    if caption_logprobs is not None:
+        if caption_logprobs.shape != (len(captions),):
+            raise ValueError(f"caption_logprobs has shape {tuple(caption_logprobs.shape)}, want ({len(captions)},)")
+        score = caption_logprobs.float().cpu()
     else:
-        score = document_logprobs(model, und, [~d.prompt & (np.arange(len(d)) > 0) for d in und], vocab.pad_id,
-                                  batch_size)
+        score = caption_direction(model, vocab, task, codes, captions, batch_size)
     if weight:
         score = score + weight * generation_logprobs(model, vocab, task, codes, captions, batch_size)
     return score
 
 
-__all__ = ["caption_token_logprobs", "document_logprobs", "generation_logprobs", "refine_captions",
+__all__ = ["caption_direction", "caption_token_logprobs", "document_logprobs", "generation_logprobs", "refine_captions",
            "rerank_scores", "suffix_logprobs"]

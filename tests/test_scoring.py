@@ -12,8 +12,9 @@ import torch
 
 import mm1d
 from mm1d import inference
-from mm1d.scoring import document_logprobs, refine_captions, rerank_scores, suffix_logprobs
-from mm1d.sequence import MOD_IMAGE, MOD_VIDEO, Document, SequenceSample, build_document
+from mm1d.sampling import SamplingParams, understanding_program
+from mm1d.scoring import caption_direction, document_logprobs, refine_captions, rerank_scores, suffix_logprobs
+from mm1d.sequence import MOD_IMAGE, MOD_VIDEO, Document, SequenceSample, build_document, parse_document
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from helpers_bundle import build_tiny_bundle  # noqa: E402
@@ -96,6 +97,27 @@ def test_rerank_scores_add_the_generation_direction(pipe: inference.Pipeline, ta
         assert both[i].item() == pytest.approx(cap_part + 2.0 * code_part, abs=2e-3)
     with pytest.raises(ValueError, match="i2t/v2t"):
         rerank_scores(pipe.model, pipe.vocab, "t2i", codes, caps, 1.0)
+
+
+def test_sampler_logprobs_equal_the_captioning_direction_of_what_it_drew(pipe: inference.Pipeline) -> None:
+    """``return_logprobs`` sums log p(token) of every emitted token under the raw logits, <eos> included (sampled,
+    or forced at the length limit), and nothing after a row's end, while other rows go on or are dropped."""
+    rng = np.random.default_rng(1)
+    codes = [rng.integers(0, pipe.image.codebook_size, size=4) for _ in range(6)]
+    prompts, programs = [], []
+    for i, x in enumerate(codes):  # caption limits 1..6: rows end at different steps
+        pr, prog = understanding_program(pipe.vocab, SequenceSample("i2t", np.zeros(1, np.int64), x), max_new=1 + i)
+        prompts.append([pr])
+        programs.append(prog)
+    out = pipe._sample(prompts, programs, SamplingParams(0.7, 0, 1.0), list(range(6)), None, logprobs=True)
+    caps = [parse_document(np.asarray(p[0] + t), pipe.vocab).caption for p, t in zip(out.prompts, out.tokens)]
+    assert len({len(t) for t in out.tokens}) > 1  # rows ended at different steps
+    ref = caption_direction(pipe.model, pipe.vocab, "i2t", codes, caps)
+    assert out.logprobs is not None and torch.allclose(out.logprobs, ref, atol=1e-4)
+    again = pipe._sample(prompts[:1], [understanding_program(pipe.vocab, SequenceSample("i2t", np.zeros(1, np.int64),
+                                                                                       codes[0]), 1)[1]],
+                         SamplingParams(0.7, 0, 1.0), [0], None)
+    assert again.logprobs is None
 
 
 def test_caption_rerank_keeps_the_best_candidate(pipe: inference.Pipeline) -> None:
