@@ -136,8 +136,9 @@ class FakePipe:
 
 
 def _fake_cfg(tmp_path: Path, task: str, **kw: Any) -> ZeroShotEvalConfig:
-    return ZeroShotEvalConfig(task=task, out=str(tmp_path / task), num=4, budgets=[2, 4, 8], batch_size=3,
-                              progress=False, grid_count=2, **kw)
+    kw = {"budgets": [2, 4, 8], **kw}
+    return ZeroShotEvalConfig(task=task, out=str(tmp_path / task), num=4, batch_size=3, progress=False, grid_count=2,
+                              **kw)
 
 
 def test_sweep_t2i_with_a_fake_model_of_known_quality(tmp_path: Path) -> None:
@@ -180,6 +181,25 @@ def test_sweep_t2v_and_captions_with_a_fake_model(tmp_path: Path) -> None:
     lines = (tmp_path / "caption" / "captions" / "auto.jsonl").read_text().splitlines()
     assert len(lines) == 8 and {json.loads(x)["budget"] for x in lines} == {8}
 
+
+
+def test_caption_auto_reuses_the_captions_of_the_fixed_budgets(tmp_path: Path) -> None:
+    """Every input's 'auto' budget is a k of the sweep: its captions there (same seeds, same prompt) are the auto
+    captions, so the auto pass generates nothing. A sweep without that k generates them, with the same result."""
+    pipe = FakePipe()
+    res = run_zeroshot(_fake_cfg(tmp_path / "a", "caption"), pipe)  # the PSNR rule gives every input k = 8
+    assert [c["budget"] for c in pipe.calls if isinstance(c["budget"], list)] == []
+    out = tmp_path / "a" / "caption" / "captions"
+    auto = [json.loads(x) for x in (out / "auto.jsonl").read_text().splitlines()]
+    k8 = [json.loads(x) for x in (out / "k8.jsonl").read_text().splitlines()]
+    assert [x["caption"] for x in auto] == [x["caption"] for x in k8] and len({x["caption"] for x in auto}) > 1
+    assert res["summary"]["auto"]["seen/all"] == res["metrics"]["8"]["seen/all"] >= 0.75
+
+    pipe = FakePipe()
+    res_b = run_zeroshot(_fake_cfg(tmp_path / "b", "caption", budgets=[2, 4]), pipe)  # k = 8 is not in this sweep
+    assert [c["budget"] for c in pipe.calls if isinstance(c["budget"], list)] == [[8] * 3, [8]] * 2
+    auto_b = [json.loads(x) for x in (tmp_path / "b" / "caption" / "captions" / "auto.jsonl").read_text().splitlines()]
+    assert auto_b == auto and res_b["summary"]["auto"] == res["summary"]["auto"]
 
 
 def test_caption_auto_never_goes_below_the_models_caption_budget(tmp_path: Path) -> None:

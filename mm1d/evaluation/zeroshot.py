@@ -204,6 +204,7 @@ class Sweep:
         self.per_call = max(1, cfg.batch_size // self.ns)  # inputs per generate call
         self.features = meters.image_features if cfg.task == "t2i" else meters.video_features
         self.adaptive: dict[str, list[int]] = {}
+        self.captioned: dict[tuple[str, int], Made] = {}  # captioning: what each fixed budget made, per group
 
     # -- settings -------------------------------------------------------------------------------------------
     def sampler(self) -> dict[str, Any]:
@@ -255,6 +256,12 @@ class Sweep:
         Args:
             first_index: index of the group's first input among all groups (GenEval folder names).
         """
+        if self.cfg.task == "caption":
+            if budget == AUTO:
+                reused = self._reuse_captions(g)
+                if reused is not None:
+                    bar.update(math.ceil(len(g) / self.per_call))
+                    return reused
         keep = self.cfg.grid_count
         made = Made(group=g, chosen=[], seconds=0.0, preds=[], texts=[] if self.cfg.task == "caption" else None,
                     features=[], clip=[], visuals=None)
@@ -289,6 +296,25 @@ class Sweep:
                     kept.append(vis[: (keep - start) * self.ns])
             bar.update(1)
         made.visuals = torch.cat(kept) if kept else None
+        if self.cfg.task == "caption" and budget != AUTO:
+            self.captioned[g.label, int(budget)] = made
+        return made
+
+    def _reuse_captions(self, g: Group) -> Made | None:
+        """Captioning at ``"auto"``: each input's budget is a fixed k, and an input's captions at k (same seeds,
+        same prompt) were already made at budget k. Assemble them; None when some k was not run."""
+        ks = self.adaptive[g.label]
+        if any((g.label, k) not in self.captioned for k in ks):
+            return None
+        made = Made(group=g, chosen=[], seconds=0.0, preds=[], texts=[], features=[], clip=[], visuals=None)
+        for b in range(len(g) * self.ns):
+            src = self.captioned[g.label, ks[b // self.ns]]
+            assert src.texts is not None and made.texts is not None
+            made.chosen.append(src.chosen[b])
+            made.texts.append(src.texts[b])
+            made.seconds += src.seconds / len(src.chosen)  # what this sample cost at its budget
+            if src.preds:
+                made.preds.append(src.preds[b])
         return made
 
     # -- the tokenizer ceiling ------------------------------------------------------------------------------
