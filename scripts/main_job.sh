@@ -58,19 +58,19 @@ evaluate() {  # two lanes of one thread each, balanced by time (about 1.25x the 
   mkdir -p "$o"
   lane_a() {
     $PY eval/eval_caption.py --config configs/eval/shapesbench_caption.yaml --model "$m" --num "$EVAL_NUM" --out "$o/caption"
+    $PY eval/eval_t2i.py --config configs/eval/shapesbench_t2i.yaml --model "$m" --num "$EVAL_NUM" --out "$o/t2i"
     # best of 8 by the model's own captioning direction (generate(..., rerank=7)), at the larger budgets
     $PY eval/eval_t2v.py --config configs/eval/shapesbench_t2v.yaml --model "$m" --num "$EVAL_NUM" --budgets 4,8,16 \
       --no-ceiling --rerank 7 --out "$o/t2v_best8"
   }
   lane_b() {
-    $PY eval/eval_t2v.py --config configs/eval/shapesbench_t2v.yaml --model "$m" --num "$EVAL_NUM" --out "$o/t2v"
     $PY eval/eval_caption.py --config configs/eval/shapesbench_caption.yaml --model "$m" --num "$EVAL_NUM" \
       --modality video --out "$o/caption_video"
+    $PY eval/eval_t2v.py --config configs/eval/shapesbench_t2v.yaml --model "$m" --num "$EVAL_NUM" --out "$o/t2v"
     $PY eval/eval_t2i.py --config configs/eval/shapesbench_t2i.yaml --model "$m" --num "$EVAL_NUM" --budgets 8,16,32 \
       --no-ceiling --rerank 7 --out "$o/t2i_best8"
-    $PY eval/eval_t2i.py --config configs/eval/shapesbench_t2i.yaml --model "$m" --num "$EVAL_NUM" --out "$o/t2i"
   }
-  echo "   two lanes: image captions, t2v best of 8 below; t2v, video captions, t2i best of 8, t2i in $o/lane_b.log"
+  echo "   two lanes: image captions, t2i, t2v best of 8 below; video captions, t2v, t2i best of 8 in $o/lane_b.log"
   (export OMP_NUM_THREADS=1; lane_a) & pa=$!
   (export OMP_NUM_THREADS=1; lane_b) > "$o/lane_b.log" 2>&1 & pb=$!
   wait "$pa" || { echo "eval lane a failed"; pkill -P "$pb" 2>/dev/null; kill "$pb" 2>/dev/null; return 1; }
