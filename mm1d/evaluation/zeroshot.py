@@ -13,7 +13,9 @@ Groups (``mm1d.evaluation.zeroshot_data``):
 Budgets: for generation, k is the number of tokens per image (per video time step) the model samples;
 ``"auto"`` lets the model choose (its ``<kauto>`` token). For captioning, k is how many tokens of the input
 the model sees; ``"auto"`` is the adaptive rule used in pretokenization: the smallest k in 1, 2, 4, ..., N
-whose reconstruction reaches ``cfg.auto_psnr`` dB.
+whose reconstruction reaches ``cfg.auto_psnr`` dB. Each input's captions at that k (same seeds, same prompt)
+were already made at budget k when the sweep ran it, so the ``"auto"`` row reuses them (its seconds per sample
+are what those captions cost) and only inputs whose k the sweep did not run are captioned again.
 
 Metrics per budget (``results.json``, layout of ``mm1d.evaluation.report``):
 - judge accuracy on ShapesBench, ``<group>/all`` (every attribute of every object right), ``/count``,
