@@ -16,7 +16,7 @@ token is judged mostly by the generation direction (``e < 1``), the rest of the 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -86,26 +86,12 @@ def document_logprobs(
     return out
 
 
-@torch.no_grad()
-def suffix_logprobs(
-    model: Transformer, docs: Sequence[Document], prefix_lengths: Sequence[int], pad_id: int, batch_rows: int = 256
-) -> torch.Tensor:
-    """Summed log-probabilities of every token after each document's prefix, with shared prefixes run once.
-
-    The candidate captions of one input share their prompt (``<bos>``, the visual span, the text opener):
-    each distinct prefix is prefilled once in a ``DecodeState``, fanned out to its documents, and only the
-    suffixes run. This equals ``document_logprobs`` with the suffix as the mask (tested).
-
-    Args:
-        model: an mm1d ``Transformer``.
-        docs: built documents.
-        prefix_lengths: per document, how many leading tokens are the prefix (``1 <= p < len(doc)``).
-        pad_id: the padding id.
-        batch_rows: documents per pass (whole prefix groups; a larger group is a pass of its own).
-
-    Returns:
-        ``(len(docs),)`` float32: ``sum_{i >= p} log p(doc[i] | doc[:i])``.
-    """
+def _suffix_passes(
+    model: Transformer, docs: Sequence[Document], prefix_lengths: Sequence[int], pad_id: int, batch_rows: int
+) -> Iterator[tuple[list[int], list[np.ndarray], torch.Tensor]]:
+    """Run the documents' suffixes with each distinct prefix prefilled once; yield per pass
+    ``(members, tails, preds)``: document indices, their suffix ids, and ``(R, longest tail, D)`` hidden states
+    where ``preds[r, j]`` predicts ``tails[r][j]``."""
     if len(docs) != len(prefix_lengths):
         raise ValueError(f"got {len(prefix_lengths)} prefix lengths for {len(docs)} documents")
     groups: dict[tuple[int, ...], list[int]] = {}
@@ -113,7 +99,6 @@ def suffix_logprobs(
         if not 1 <= p < len(d):
             raise ValueError(f"prefix length {p} of document {i} must be in [1, {len(d) - 1}]")
         groups.setdefault(tuple(d.ids[:p].tolist()), []).append(i)
-    out = torch.zeros(len(docs), dtype=torch.float32)
     passes: list[list[tuple[int, ...]]] = [[]]
     for key in groups:
         if passes[-1] and sum(len(groups[k]) for k in passes[-1]) + len(groups[key]) > batch_rows:
@@ -137,11 +122,41 @@ def suffix_logprobs(
         for r, t in enumerate(tails):  # right-padded suffixes: padding comes after every scored token
             tail_ids[r, : len(t)] = torch.from_numpy(t)
         h = state.forward(tail_ids.to(device), None, every=True)  # (R, lt, D)
-        preds = torch.cat([last.index_select(0, fan)[:, None], h[:, :-1]], dim=1)  # (R, lt, D): predicts tail[j]
-        row = torch.cat([torch.full((len(t),), r) for r, t in enumerate(tails)])  # (n,)
-        col = torch.cat([torch.arange(len(t)) for t in tails])
-        target = tail_ids[row, col].to(device)
-        logp = _head_logprobs(model, preds[row.to(device), col.to(device)], target)
+        yield members, tails, torch.cat([last.index_select(0, fan)[:, None], h[:, :-1]], dim=1)
+
+
+def _flat_positions(tails: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(row, col, target)`` over every suffix token of a pass (``(n,)`` each)."""
+    row = torch.cat([torch.full((len(t),), r) for r, t in enumerate(tails)])
+    col = torch.cat([torch.arange(len(t)) for t in tails])
+    return row, col, torch.from_numpy(np.concatenate(tails))
+
+
+@torch.no_grad()
+def suffix_logprobs(
+    model: Transformer, docs: Sequence[Document], prefix_lengths: Sequence[int], pad_id: int, batch_rows: int = 256
+) -> torch.Tensor:
+    """Summed log-probabilities of every token after each document's prefix, with shared prefixes run once.
+
+    The candidate captions of one input share their prompt (``<bos>``, the visual span, the text opener):
+    each distinct prefix is prefilled once in a ``DecodeState``, fanned out to its documents, and only the
+    suffixes run. This equals ``document_logprobs`` with the suffix as the mask (tested).
+
+    Args:
+        model: an mm1d ``Transformer``.
+        docs: built documents.
+        prefix_lengths: per document, how many leading tokens are the prefix (``1 <= p < len(doc)``).
+        pad_id: the padding id.
+        batch_rows: documents per pass (whole prefix groups; a larger group is a pass of its own).
+
+    Returns:
+        ``(len(docs),)`` float32: ``sum_{i >= p} log p(doc[i] | doc[:i])``.
+    """
+    out = torch.zeros(len(docs), dtype=torch.float32)
+    for members, tails, preds in _suffix_passes(model, docs, prefix_lengths, pad_id, batch_rows):
+        row, col, target = _flat_positions(tails)
+        dev = preds.device
+        logp = _head_logprobs(model, preds[row.to(dev), col.to(dev)], target.to(dev))
         out[torch.tensor(members)] = torch.zeros(len(members)).index_add_(0, row, logp)
     return out
 
@@ -197,9 +212,33 @@ def caption_token_logprobs(
         if not 1 < text_pieces <= hi - lo:
             raise ValueError(f"text_pieces must be in [2, {hi - lo}], got {text_pieces}")
         hi = lo + text_pieces
+    logps: list[np.ndarray] = [np.zeros(0)] * len(docs)
+    alts: list[np.ndarray] = [np.zeros((0, 0), dtype=np.int64)] * len(docs)
+
+    def take(i: int, rows: torch.Tensor, ids: np.ndarray) -> None:
+        """``rows`` ``(n + 1, V)`` log-softmax predicting ``ids``, the caption tokens then ``<eos>``."""
+        n = len(ids) - 1
+        logps[i] = rows.gather(1, torch.from_numpy(ids)[:, None])[:, 0].double().numpy()
+        if not alternatives:
+            alts[i] = np.zeros((n, 0), dtype=np.int64)
+            return
+        text = rows[:n, lo:hi].clone()  # (n, text vocab)
+        cur = torch.from_numpy(ids[:n] - lo)
+        inside = cur < hi - lo
+        text[torch.arange(n)[inside], cur[inside]] = -float("inf")
+        alts[i] = torch.topk(text, min(alternatives, hi - lo - 1), dim=1).indices.numpy().astype(np.int64)
+
     device = next(model.parameters()).device
-    logps: list[np.ndarray] = []
-    alts: list[np.ndarray] = []
+    prompt_len = [1 + int(d.prompt.sum()) for d in docs]  # <bos> and the prompt; the caption and <eos> follow
+    if isinstance(model, Transformer) and all(d.prompt[1:p].all() for d, p in zip(docs, prompt_len)):
+        # the candidates of one input share its prompt: prefill it once, run only the captions
+        for members, tails, preds in _suffix_passes(model, docs, prompt_len, vocab.pad_id, batch_size):
+            row, col, _ = _flat_positions(tails)
+            logp = torch.log_softmax(model.lm_head(preds[row.to(device), col.to(device)]).float(), dim=-1).cpu()
+            offsets = np.cumsum([0] + [len(t) for t in tails])
+            for r, (i, t) in enumerate(zip(members, tails)):
+                take(i, logp[offsets[r] : offsets[r + 1]], t)
+        return logps, alts
     for start in range(0, len(docs), batch_size):
         chunk = docs[start : start + batch_size]
         hidden = model(_padded(chunk, vocab.pad_id).to(device), return_hidden=True)  # (B, L, D)
@@ -208,17 +247,7 @@ def caption_token_logprobs(
         logp = torch.log_softmax(model.lm_head(sel).float(), dim=-1).cpu()  # (sum of n + 1, V), heads only
         offsets = np.cumsum([0] + [len(pos) for pos in where])
         for r, (d, pos) in enumerate(zip(chunk, where)):
-            n = len(pos) - 1
-            rows = logp[offsets[r] : offsets[r + 1]]  # (n + 1, V): row i predicts token pos[i]
-            logps.append(rows.gather(1, torch.from_numpy(d.ids[pos])[:, None])[:, 0].double().numpy())
-            if alternatives:
-                text = rows[:n, lo:hi].clone()  # (n, text vocab)
-                cur = torch.from_numpy(d.ids[pos[:n]] - lo)
-                inside = cur < hi - lo
-                text[torch.arange(n)[inside], cur[inside]] = -float("inf")
-                alts.append(torch.topk(text, min(alternatives, hi - lo - 1), dim=1).indices.numpy().astype(np.int64))
-            else:
-                alts.append(np.zeros((n, 0), dtype=np.int64))
+            take(start + r, logp[offsets[r] : offsets[r + 1]], d.ids[pos])
     return logps, alts
 
 

@@ -13,7 +13,14 @@ import torch
 import mm1d
 from mm1d import inference
 from mm1d.sampling import SamplingParams, understanding_program
-from mm1d.scoring import caption_direction, document_logprobs, refine_captions, rerank_scores, suffix_logprobs
+from mm1d.scoring import (
+    caption_direction,
+    caption_token_logprobs,
+    document_logprobs,
+    refine_captions,
+    rerank_scores,
+    suffix_logprobs,
+)
 from mm1d.sequence import MOD_IMAGE, MOD_VIDEO, Document, SequenceSample, build_document, parse_document
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -97,6 +104,28 @@ def test_rerank_scores_add_the_generation_direction(pipe: inference.Pipeline, ta
         assert both[i].item() == pytest.approx(cap_part + 2.0 * code_part, abs=2e-3)
     with pytest.raises(ValueError, match="i2t/v2t"):
         rerank_scores(pipe.model, pipe.vocab, "t2i", codes, caps, 1.0)
+
+
+def test_caption_token_logprobs_share_the_prompt_and_equal_full_documents(pipe: inference.Pipeline) -> None:
+    """Per-token log-probabilities and the top other text tokens at each caption position, with each input's
+    prompt prefilled once for its captions (three per input, in passes of at most four), against one unpadded
+    forward per document."""
+    codes, caps = _pairs(pipe, 6)
+    codes = [codes[i % 2] for i in range(6)]  # inputs 0 and 1, three captions each
+    pieces = pipe.text.vocab_size
+    logps, alts = caption_token_logprobs(pipe.model, pipe.vocab, "i2t", codes, caps, alternatives=3,
+                                         text_pieces=pieces, batch_size=4)
+    lo = pipe.vocab.range("text")[0]
+    for i, (x, c) in enumerate(zip(codes, caps)):
+        d = build_document(SequenceSample("i2t", c, x), pipe.vocab)
+        with torch.no_grad():
+            logp = torch.log_softmax(pipe.model(torch.from_numpy(d.ids)[None]).double()[0], dim=-1)  # (n, V)
+        pos = np.flatnonzero(~d.prompt & (np.arange(len(d)) > 0))  # the caption tokens, then <eos>
+        assert len(pos) == len(c) + 1
+        np.testing.assert_allclose(logps[i], logp[pos - 1, d.ids[pos]].numpy(), atol=1e-4)
+        text = logp[pos[:-1] - 1, lo : lo + pieces].clone()
+        text[torch.arange(len(c)), torch.from_numpy(c)] = -float("inf")  # never the caption's own token
+        assert alts[i].tolist() == torch.topk(text, 3, dim=1).indices.tolist()
 
 
 def test_sampler_logprobs_equal_the_captioning_direction_of_what_it_drew(pipe: inference.Pipeline) -> None:
