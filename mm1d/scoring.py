@@ -125,6 +125,15 @@ def _suffix_passes(
         yield members, tails, torch.cat([last.index_select(0, fan)[:, None], h[:, :-1]], dim=1)
 
 
+def _prompt_lengths(model: torch.nn.Module, docs: Sequence[Document]) -> list[int] | None:
+    """Per captioning document, the length of ``<bos>`` and its prompt (the caption and ``<eos>`` follow), when the
+    prompt-sharing path applies: an mm1d ``Transformer`` and prompts that are one leading run; else None."""
+    lengths = [1 + int(d.prompt.sum()) for d in docs]
+    if isinstance(model, Transformer) and all(d.prompt[1:p].all() for d, p in zip(docs, lengths)):
+        return lengths
+    return None
+
+
 def _flat_positions(tails: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(row, col, target)`` over every suffix token of a pass (``(n,)`` each)."""
     row = torch.cat([torch.full((len(t),), r) for r, t in enumerate(tails)])
@@ -229,9 +238,8 @@ def caption_token_logprobs(
         alts[i] = torch.topk(text, min(alternatives, hi - lo - 1), dim=1).indices.numpy().astype(np.int64)
 
     device = next(model.parameters()).device
-    prompt_len = [1 + int(d.prompt.sum()) for d in docs]  # <bos> and the prompt; the caption and <eos> follow
-    if isinstance(model, Transformer) and all(d.prompt[1:p].all() for d, p in zip(docs, prompt_len)):
-        # the candidates of one input share its prompt: prefill it once, run only the captions
+    prompt_len = _prompt_lengths(model, docs)
+    if prompt_len is not None:  # the candidates of one input share its prompt: prefill it once, run the captions
         for members, tails, preds in _suffix_passes(model, docs, prompt_len, vocab.pad_id, batch_size):
             row, col, _ = _flat_positions(tails)
             logp = torch.log_softmax(model.lm_head(preds[row.to(device), col.to(device)]).float(), dim=-1).cpu()
@@ -341,8 +349,8 @@ def caption_direction(
 ) -> torch.Tensor:
     """``log p(caption <eos> | codes)`` under the captioning document (I2T / V2T) of each pair: ``(n,)`` float32."""
     und = [build_document(SequenceSample(task, c, x), vocab) for x, c in zip(codes, captions)]
-    prompt_len = [1 + int(d.prompt.sum()) for d in und]  # <bos> and the prompt; the caption and <eos> follow
-    if isinstance(model, Transformer) and all(d.prompt[1:p].all() for d, p in zip(und, prompt_len)):
+    prompt_len = _prompt_lengths(model, und)
+    if prompt_len is not None:
         return suffix_logprobs(model, und, prompt_len, vocab.pad_id)  # one prefill per input
     return document_logprobs(model, und, [~d.prompt & (np.arange(len(d)) > 0) for d in und], vocab.pad_id,
                              batch_size)

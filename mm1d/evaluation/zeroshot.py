@@ -258,12 +258,10 @@ class Sweep:
         Args:
             first_index: index of the group's first input among all groups (GenEval folder names).
         """
-        if self.cfg.task == "caption":
-            if budget == AUTO:
-                reused = self._reuse_captions(g)
-                if reused is not None:
-                    bar.update(math.ceil(len(g) / self.per_call))
-                    return reused
+        reused = self._reuse_captions(g) if self.cfg.task == "caption" and budget == AUTO else None
+        if reused is not None:
+            bar.update(math.ceil(len(g) / self.per_call))
+            return reused
         keep = self.cfg.grid_count
         made = Made(group=g, chosen=[], seconds=0.0, preds=[], texts=[] if self.cfg.task == "caption" else None,
                     features=[], clip=[], visuals=None)
