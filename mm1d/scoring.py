@@ -305,13 +305,18 @@ def refine_captions(
         raise ValueError(f"got {len(keep)} frozen lengths for {len(caps)} captions")
     edits = [0] * len(caps)
     active = list(range(len(caps)))
+    known_gen: dict[int, float] = {}  # log p(x | caption) of a caption kept by the previous round
     for _ in range(rounds):
         if not active:
             break
         cur_lp, cur_alts = caption_token_logprobs(model, vocab, task, [codes[i] for i in active],
                                                   [caps[i] for i in active], alternatives, text_pieces, batch_size)
-        cur_gen = generation_logprobs(model, vocab, task, [codes[i] for i in active], [caps[i] for i in active],
-                                      batch_size).double().numpy()
+        todo = [i for i in active if i not in known_gen]
+        if todo:
+            fresh = generation_logprobs(model, vocab, task, [codes[i] for i in todo], [caps[i] for i in todo],
+                                        batch_size).double().numpy()
+            known_gen.update(zip(todo, fresh.tolist()))
+        cur_gen = np.array([known_gen[i] for i in active])
         owner, where, cands = [], [], []
         for a, i in enumerate(active):
             for j in range(keep[i], len(caps[i])):
@@ -338,6 +343,7 @@ def refine_captions(
             m = best[a][1]
             if m is not None:
                 caps[i], edits[i] = cands[m], edits[i] + 1
+                known_gen[i] = float(gen[m])
                 still.append(i)
         active = still
     return caps, edits
