@@ -14,10 +14,11 @@ separate child process per implementation reports its peak RSS. Implementations:
   FlexAttention on GPU);
 - ``mm1d-chunked``: our model with the chunked loss (``targets=``), which never holds all logits.
 
-Llama has no QK-norm, so the ``mm1d``/``hf`` pair runs with ``qk_norm=false``; the other entries use the
-config as written. Prints one JSON line (``--out DIR`` also writes ``DIR/results.json``) and the speed
-ratio mm1d / hf. MFU counts matmul FLOPs (6 x matmul params + causal attention, see
-``mm1d.model.summary.train_flops_per_token``) against the GPU's dense bf16 peak.
+Llama has no QK-norm and one softmax over the whole vocabulary, so the ``mm1d``/``hf`` pair runs with
+``qk_norm=false`` and ``grouped_softmax=false``; the other entries use the config as written. Prints one
+JSON line (``--out DIR`` also writes ``DIR/results.json``) and the speed ratio mm1d / hf. MFU counts matmul
+FLOPs (6 x matmul params + causal attention, see ``mm1d.model.summary.train_flops_per_token``) against the
+GPU's dense bf16 peak.
 """
 
 from __future__ import annotations
@@ -60,7 +61,8 @@ def _rss_mb() -> float:
 
 
 def _build(
-    impl: str, cfg: ModelConfig, vocab_size: int, device: torch.device, dtype: torch.dtype, same_weights: bool = True
+    impl: str, cfg: ModelConfig, vocab_size: int, device: torch.device, dtype: torch.dtype, same_weights: bool = True,
+    softmax_groups: list[tuple[int, int]] | None = None,
 ) -> torch.nn.Module:
     """Build one implementation; with ``same_weights`` the HF model gets our initial weights (by name)."""
     torch.manual_seed(0)
@@ -80,7 +82,7 @@ def _build(
                 raise RuntimeError(f"weight names do not map onto Llama: missing {missing}, unexpected {unexpected}")
             del ours
     else:
-        model = Transformer(cfg, vocab_size)
+        model = Transformer(cfg, vocab_size, softmax_groups)
     return model.to(device=device, dtype=dtype).train()
 
 
@@ -124,7 +126,8 @@ def _prepare(job: dict[str, Any], impl: str) -> tuple[Any, ModelConfig]:
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[job["dtype"]]
     cfg = ModelConfig(**job["models"][impl])
     B, L, V = job["batch"], job["seq"], job["vocab_size"]
-    model = _build(impl, cfg, V, device, dtype, same_weights=not job.get("memory_only", False))
+    model = _build(impl, cfg, V, device, dtype, same_weights=not job.get("memory_only", False),
+                   softmax_groups=job["softmax_groups"])
     if job["ckpt"]:
         if impl == "hf":
             model.gradient_checkpointing_enable()
@@ -248,13 +251,15 @@ def main(argv: list[str] | None = None) -> None:
     if args.seq > cfg.max_seq_len:
         raise SystemExit(f"--seq {args.seq} exceeds model.max_seq_len {cfg.max_seq_len}")
     dtype = args.dtype or ("bf16" if args.device.startswith("cuda") else "fp32")
-    vocab_size = Vocab.from_config(vcfg).size
+    vocab = Vocab.from_config(vcfg)
+    vocab_size = vocab.size
     base = dict(
         device=args.device, dtype=dtype, batch=args.batch, seq=args.seq, warmup=args.warmup, steps=args.steps,
         vocab_size=vocab_size, threads=args.threads, compile=args.compile, ckpt=args.ckpt, n_docs=args.n_docs,
-        loss_chunk=args.loss_chunk,
+        loss_chunk=args.loss_chunk, softmax_groups=list(vocab.softmax_groups()),
     )
-    plain = to_dict(dataclasses.replace(cfg, qk_norm=False))  # Llama has no QK-norm: compare like with like
+    # Llama has no QK-norm and one softmax over the vocabulary: compare like with like
+    plain = to_dict(dataclasses.replace(cfg, qk_norm=False, grouped_softmax=False))
     models = {i: plain if i in ("mm1d", "hf") else to_dict(cfg) for i in impls}
     job = {**base, "impls": impls, "models": models}
     results = run_child(measure_speed, job)
@@ -275,7 +280,7 @@ def main(argv: list[str] | None = None) -> None:
         "results": results,
     }
     with torch.device("meta"):
-        record["params"] = Transformer(cfg, vocab_size).num_params()
+        record["params"] = Transformer(cfg, vocab_size, vocab.softmax_groups()).num_params()
     if "tokens_per_s" in results.get("mm1d", {}) and "tokens_per_s" in results.get("hf", {}):
         record["ratio_mm1d_over_hf"] = round(results["mm1d"]["tokens_per_s"] / results["hf"]["tokens_per_s"], 3)
     line = json.dumps(record)

@@ -64,8 +64,8 @@ def save_release_bundle(out_dir: str | Path, weights: dict[str, torch.Tensor], c
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        save_model_bundle(weights, cfg.model, tmp, extra={"vocab_config": to_dict(cfg.vocab),
-                                                          "pretrain": to_dict(cfg)})
+        save_model_bundle(weights, cfg.model, tmp, extra={"vocab_config": to_dict(cfg.vocab), "pretrain": to_dict(cfg)},
+                          softmax_groups=Vocab.from_config(cfg.vocab).softmax_groups())
         if cfg.tokenizers.text:
             (tmp / "text").mkdir()
             shutil.copy2(text_model_path(cfg.tokenizers.text), tmp / "text" / MODEL_FILENAME)

@@ -360,6 +360,9 @@ class ModelConfig:
     norm_eps: float = 1e-5
     init_std: float = 0.02  # output projections use init_std / sqrt(2 * n_layers)
     attn_impl: Literal["auto", "sdpa", "segments", "flex", "flash"] = "auto"  # auto: flex/flash on GPU, segments on CPU
+    # Normalize each next token over its id group only (text + specials, image codes, video codes: the ranges of
+    # Vocab.softmax_groups()). The grammar fixes the group, so the head computes one group's logits per token.
+    grouped_softmax: bool = False
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -5,7 +5,9 @@
 The parameter names already match Llama's, and RoPE uses Llama's rotate-half layout, so the weights are
 copied as they are. The output directory holds ``config.json`` (LlamaConfig fields) and
 ``model.safetensors``; ``transformers.LlamaForCausalLM.from_pretrained(out)`` loads it. Models trained
-with QK-norm cannot be exported: Llama has no such layer.
+with QK-norm cannot be exported: Llama has no such layer. A ``grouped_softmax`` model exports with the same
+logits; its ``config.json`` then lists ``mm1d_softmax_groups``, the id ranges to normalize them over (a
+softmax over the whole vocabulary is not the distribution it was trained for).
 """
 
 from __future__ import annotations
@@ -104,6 +106,8 @@ def export_hf(bundle: str | Path, out_dir: str | Path, dtype: str | None = None)
     vocab = raw.get("vocab") if isinstance(raw.get("vocab"), dict) else None
     # Refuses QK-norm before any weight is read.
     hf_cfg = llama_config(cfg, vocab_size, dtype or "float32", vocab)
+    if cfg.grouped_softmax:
+        hf_cfg["mm1d_softmax_groups"] = raw["softmax_groups"]
     state = load_file(str(weights))
     if dtype is None:
         dtype = next(k for k, v in DTYPES.items() if v == state["model.embed_tokens.weight"].dtype)

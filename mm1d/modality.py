@@ -119,6 +119,19 @@ class Vocab:
             "video": (self.video_offset, self.size),
         }[modality]
 
+    def softmax_groups(self) -> tuple[tuple[int, int], ...]:
+        """Half-open id ranges over which a grouped-softmax head normalizes (``model.grouped_softmax``).
+
+        Text and specials, then image codes, then video codes (one visual range when ``shared_visual``). They
+        are contiguous and cover ``[0, size)``. The sequence grammar fixes which range the next token lies in
+        (a budget token counts the codes that follow it), so a softmax within that range is still a complete
+        model of every document, the one the sampler's constraint masks draw from.
+        """
+        groups = [(0, self.image_offset), self.range("image")]
+        if not self.shared_visual:
+            groups.append(self.range("video"))
+        return tuple(groups)
+
     def local_size(self, modality: str) -> int:
         start, end = self.range(modality)
         return end - start

@@ -33,7 +33,7 @@ import torch
 
 from mm1d.modality import Vocab
 from mm1d.model.decode import DecodeState
-from mm1d.model.transformer import Transformer
+from mm1d.model.transformer import Transformer, grouped_logsumexp, softmax_groups_of
 from mm1d.sequence import MOD_IMAGE, MOD_VIDEO, SequenceSample, build_document
 
 KIND_IMAGE, KIND_VIDEO, KIND_TEXT, KIND_BUDGET_IMAGE, KIND_BUDGET_VIDEO, KIND_FREE, KIND_TEXT_FIRST = range(7)
@@ -486,7 +486,9 @@ def sample(
         else:
             tok = forced
         if return_logprobs:  # rows whose program already finished emit nothing
-            lp = logits[:n].gather(1, tok.to(device)[:, None])[:, 0] - torch.logsumexp(logits[:n], dim=1)
+            t = tok.to(device)
+            lse = grouped_logsumexp(logits[:n], t, softmax_groups_of(model, logits.shape[1]))
+            lp = logits[:n].gather(1, t[:, None])[:, 0] - lse
             emitting = torch.tensor([not p.done for p in live])
             total_lp.index_add_(0, torch.tensor(alive), torch.where(emitting, lp.cpu(), 0.0))
         for p, t in zip(live, tok.tolist(), strict=True):

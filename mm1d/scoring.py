@@ -23,7 +23,7 @@ import torch
 
 from mm1d.modality import Vocab
 from mm1d.model.decode import DecodeState
-from mm1d.model.transformer import Transformer
+from mm1d.model.transformer import Transformer, grouped_logsumexp, softmax_groups_of
 from mm1d.sequence import MOD_IMAGE, MOD_VIDEO, Document, SequenceSample, build_document
 
 GENERATION_OF = {"i2t": "t2i", "v2t": "t2v"}
@@ -38,9 +38,19 @@ def _padded(docs: Sequence[Document], pad_id: int) -> torch.Tensor:
 
 
 def _head_logprobs(model: torch.nn.Module, hidden: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """``(n, D)`` final hidden states and ``(n,)`` next tokens -> ``(n,)`` float32 ``log p(target)`` (CPU)."""
+    """``(n, D)`` final hidden states and ``(n,)`` next tokens -> ``(n,)`` float32 ``log p(target)`` (CPU),
+    normalized over each target's softmax group."""
     logits = model.lm_head(hidden).float()  # (n, V)
-    return (logits.gather(1, target[:, None])[:, 0] - torch.logsumexp(logits, dim=1)).cpu()
+    lse = grouped_logsumexp(logits, target, softmax_groups_of(model, logits.shape[1]))
+    return (logits.gather(1, target[:, None])[:, 0] - lse).cpu()
+
+
+def _text_log_softmax(model: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+    """``(n, D)`` hidden states at positions that predict caption text or ``<eos>`` -> ``(n, V)`` float32
+    log-probabilities (CPU), normalized over the softmax group of text and specials (id 0 is text)."""
+    logits = model.lm_head(hidden).float()  # (n, V)
+    text = torch.zeros(len(logits), dtype=torch.long, device=logits.device)
+    return (logits - grouped_logsumexp(logits, text, softmax_groups_of(model, logits.shape[1]))[:, None]).cpu()
 
 
 @torch.no_grad()
@@ -242,7 +252,7 @@ def caption_token_logprobs(
     if prompt_len is not None:  # the candidates of one input share its prompt: prefill it once, run the captions
         for members, tails, preds in _suffix_passes(model, docs, prompt_len, vocab.pad_id, batch_size):
             row, col, _ = _flat_positions(tails)
-            logp = torch.log_softmax(model.lm_head(preds[row.to(device), col.to(device)]).float(), dim=-1).cpu()
+            logp = _text_log_softmax(model, preds[row.to(device), col.to(device)])
             offsets = np.cumsum([0] + [len(t) for t in tails])
             for r, (i, t) in enumerate(zip(members, tails)):
                 take(i, logp[offsets[r] : offsets[r + 1]], t)
@@ -252,7 +262,7 @@ def caption_token_logprobs(
         hidden = model(_padded(chunk, vocab.pad_id).to(device), return_hidden=True)  # (B, L, D)
         where = [np.flatnonzero(~d.prompt & (np.arange(len(d)) > 0)) for d in chunk]  # caption tokens, <eos>
         sel = torch.cat([hidden[r, torch.from_numpy(pos - 1).to(device)] for r, pos in enumerate(where)])
-        logp = torch.log_softmax(model.lm_head(sel).float(), dim=-1).cpu()  # (sum of n + 1, V), heads only
+        logp = _text_log_softmax(model, sel)  # (sum of n + 1, V), heads only
         offsets = np.cumsum([0] + [len(pos) for pos in where])
         for r, (d, pos) in enumerate(zip(chunk, where)):
             take(start + r, logp[offsets[r] : offsets[r + 1]], d.ids[pos])

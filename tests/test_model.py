@@ -326,7 +326,7 @@ def test_meta_summary_counts_match_closed_form(tie: bool, qk: bool) -> None:
     cfg = ModelConfig(d_model=256, n_layers=6, n_heads=8, n_kv_heads=4, ffn_hidden=704, qk_norm=qk, tie_embeddings=tie)
     vcfg = VocabConfig()
     vocab = Vocab.from_config(vcfg).size
-    model = build_meta(cfg, vocab)
+    model = build_meta(cfg, Vocab.from_config(vcfg))
     assert next(model.parameters()).device.type == "meta"
     s = summarize(cfg, vcfg)
     non_emb, total = _expected_counts(cfg, vocab)

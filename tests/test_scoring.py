@@ -29,15 +29,26 @@ from helpers_bundle import build_tiny_bundle  # noqa: E402
 HAVE_VIDEO = importlib.util.find_spec("mm1d.tokenization.videoflextok") is not None
 
 
-@pytest.fixture(scope="module")
-def pipe(tmp_path_factory: pytest.TempPathFactory) -> inference.Pipeline:
-    return mm1d.load(build_tiny_bundle(tmp_path_factory.mktemp("score"), video=HAVE_VIDEO))
+@pytest.fixture(scope="module", params=[False, True], ids=["full_softmax", "grouped_softmax"])
+def pipe(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> inference.Pipeline:
+    return mm1d.load(build_tiny_bundle(tmp_path_factory.mktemp("score"), video=HAVE_VIDEO, grouped=request.param))
+
+
+def _log_softmax(model: torch.nn.Module, ids: np.ndarray) -> torch.Tensor:
+    """Reference: one unpadded forward -> ``(n, V)`` float64 log-probabilities; a grouped-softmax model's
+    columns are normalized group by group, so each entry is log p(that id) when the next id lies in its group."""
+    with torch.no_grad():
+        logits = model(torch.from_numpy(ids)[None]).double()[0]  # (n, V)
+    if not model.config.grouped_softmax:
+        return torch.log_softmax(logits, dim=-1)
+    assert len(model.softmax_groups) == 3  # text + specials, image codes, video codes
+    return torch.cat([torch.log_softmax(logits[:, lo:hi], dim=-1) for lo, hi in model.softmax_groups], dim=1)
 
 
 def _full_logprob(model: torch.nn.Module, ids: np.ndarray, mask: np.ndarray) -> float:
-    """Reference: one unpadded forward, log-softmax over the whole vocabulary, summed at the masked tokens."""
-    with torch.no_grad():
-        logp = torch.log_softmax(model(torch.from_numpy(ids)[None]).double()[0], dim=-1)  # (n, V)
+    """Reference: one unpadded forward, log-softmax over the vocabulary (or each id's group), summed at the
+    masked tokens."""
+    logp = _log_softmax(model, ids)  # (n, V)
     pos = np.flatnonzero(mask)
     return float(sum(logp[p - 1, ids[p]] for p in pos))
 
@@ -118,8 +129,7 @@ def test_caption_token_logprobs_share_the_prompt_and_equal_full_documents(pipe: 
     lo = pipe.vocab.range("text")[0]
     for i, (x, c) in enumerate(zip(codes, caps)):
         d = build_document(SequenceSample("i2t", c, x), pipe.vocab)
-        with torch.no_grad():
-            logp = torch.log_softmax(pipe.model(torch.from_numpy(d.ids)[None]).double()[0], dim=-1)  # (n, V)
+        logp = _log_softmax(pipe.model, d.ids)  # (n, V)
         pos = np.flatnonzero(~d.prompt & (np.arange(len(d)) > 0))  # the caption tokens, then <eos>
         assert len(pos) == len(c) + 1
         np.testing.assert_allclose(logps[i], logp[pos - 1, d.ids[pos]].numpy(), atol=1e-4)
@@ -213,8 +223,7 @@ def test_visual_rerank_keeps_the_candidate_the_model_captions_best(pipe: inferen
 
 def _token_logprobs(model: torch.nn.Module, d: Document) -> tuple[np.ndarray, torch.Tensor]:
     """Reference: one unpadded forward; log-probs of the caption tokens and <eos>, and their full rows."""
-    with torch.no_grad():
-        logp = torch.log_softmax(model(torch.from_numpy(d.ids)[None]).double()[0], dim=-1)  # (n, V)
+    logp = _log_softmax(model, d.ids)  # (n, V)
     pos = np.flatnonzero(~d.prompt & (np.arange(len(d)) > 0))
     return np.array([float(logp[p - 1, d.ids[p]]) for p in pos]), logp[pos - 1]
 

@@ -1,20 +1,22 @@
 """Model release bundles: ``model.safetensors`` + ``config.json``, written atomically.
 
 ``config.json`` holds ``{"format": "mm1d-model", "version": 1, "model": <ModelConfig>, "vocab_size": V}``
-plus any extra keys the caller adds (the trainer adds the vocabulary config and tokenizer paths). Tied
-embeddings are stored once (``lm_head.weight`` is left out, as Hugging Face does).
+(and ``"softmax_groups"`` for a ``grouped_softmax`` model) plus any extra keys the caller adds (the trainer
+adds the vocabulary config and tokenizer paths). Tied embeddings are stored once (``lm_head.weight`` is left
+out, as Hugging Face does).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from mm1d.config import ModelConfig, from_dict, to_dict
-from mm1d.model.transformer import Transformer
+from mm1d.model.transformer import Transformer, check_softmax_groups
 from mm1d.utils import atomic_path, atomic_write_text
 
 MODEL_FILE = "model.safetensors"
@@ -29,6 +31,7 @@ def save_model_bundle(
     out_dir: str | Path,
     extra: dict[str, Any] | None = None,
     dtype: torch.dtype | None = None,
+    softmax_groups: Sequence[tuple[int, int]] | None = None,
 ) -> Path:
     """Write ``out_dir/model.safetensors`` and ``out_dir/config.json`` (each atomically; config last).
 
@@ -38,6 +41,8 @@ def save_model_bundle(
         out_dir: bundle directory (created; other files in it are left alone).
         extra: more top-level keys for config.json (must not clash with the reserved ones).
         dtype: cast floating tensors to this dtype before writing (default: as they are).
+        softmax_groups: the id groups of a ``grouped_softmax`` model (``Vocab.softmax_groups()``); taken from
+            ``model`` when it is a ``Transformer``, required with a state dict.
 
     Returns:
         ``out_dir`` as a Path.
@@ -57,7 +62,11 @@ def save_model_bundle(
         if dtype is not None and v.is_floating_point():
             v = v.to(dtype)
         tensors[k] = v.cpu().contiguous()
-    reserved = {"format", "version", "model", "vocab_size"}
+    if isinstance(model, Transformer):
+        softmax_groups = model.softmax_groups
+    if cfg.grouped_softmax and softmax_groups is None:
+        raise ValueError("a grouped_softmax model bundle needs its softmax_groups (Vocab.softmax_groups())")
+    reserved = {"format", "version", "model", "vocab_size", "softmax_groups"}
     clash = reserved & set(extra or {})
     if clash:
         raise ValueError(f"extra config keys {sorted(clash)} are reserved by the model bundle")
@@ -65,6 +74,8 @@ def save_model_bundle(
     with atomic_path(out / MODEL_FILE) as tmp:
         save_file(tensors, str(tmp), metadata={"format": "pt"})
     config = {"format": BUNDLE_FORMAT, "version": BUNDLE_VERSION, "model": to_dict(cfg), "vocab_size": vocab_size}
+    if cfg.grouped_softmax:
+        config["softmax_groups"] = [list(g) for g in check_softmax_groups(softmax_groups, vocab_size)]
     config.update(extra or {})
     atomic_write_text(out / CONFIG_FILE, json.dumps(config, indent=2))
     return out
@@ -133,13 +144,15 @@ def load_model_bundle(
     """
     from safetensors.torch import load_file
 
-    cfg, vocab_size, _ = read_bundle_config(bundle_dir)
+    cfg, vocab_size, raw = read_bundle_config(bundle_dir)
+    if cfg.grouped_softmax and "softmax_groups" not in raw:
+        raise ValueError(f"{bundle_dir}/{CONFIG_FILE}: model.grouped_softmax is set but 'softmax_groups' is missing")
     weights = Path(bundle_dir) / MODEL_FILE
     if not weights.is_file():
         raise FileNotFoundError(f"model bundle {bundle_dir} has no {MODEL_FILE}")
     state = load_file(str(weights), device=str(device))
     with torch.device("meta"):
-        model = Transformer(cfg, vocab_size)
+        model = Transformer(cfg, vocab_size, raw.get("softmax_groups"))
     check_state_dict(model, state, source=f"bundle {bundle_dir}")
     if dtype is not None:
         state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}

@@ -57,10 +57,10 @@ def load_model_sections(
     return from_dict(ModelConfig, sections["model"], "model"), from_dict(VocabConfig, sections["vocab"], "vocab")
 
 
-def build_meta(cfg: ModelConfig, vocab_size: int) -> Transformer:
+def build_meta(cfg: ModelConfig, vocab: Vocab) -> Transformer:
     """The model on the meta device: shapes only, no storage."""
     with torch.device("meta"):
-        return Transformer(cfg, vocab_size)
+        return Transformer(cfg, vocab.size, vocab.softmax_groups())
 
 
 def train_flops_per_token(cfg: ModelConfig, vocab_size: int, seq_len: int) -> float:
@@ -79,8 +79,9 @@ def train_flops_per_token(cfg: ModelConfig, vocab_size: int, seq_len: int) -> fl
 
 def summarize(cfg: ModelConfig, vocab_cfg: VocabConfig) -> dict[str, Any]:
     """Counts for one config: embedding, lm_head, non-embedding, total, plus vocab size and FLOPs/token."""
-    vocab_size = Vocab.from_config(vocab_cfg).size
-    counts = build_meta(cfg, vocab_size).num_params()
+    vocab = Vocab.from_config(vocab_cfg)
+    vocab_size = vocab.size
+    counts = build_meta(cfg, vocab).num_params()
     return {
         "vocab_size": vocab_size,
         **counts,

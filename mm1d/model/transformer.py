@@ -7,6 +7,12 @@ option. Parameter names follow Hugging Face ``LlamaForCausalLM`` one for one (``
 there without renaming or permuting. QK-norm weights are named as in Qwen3
 (``self_attn.q_norm`` / ``self_attn.k_norm``).
 
+With ``grouped_softmax`` each next token is normalized over its id group only (``Vocab.softmax_groups()``:
+text + specials, image codes, video codes). The sequence grammar fixes the group of every position, so the
+training loss computes each token's logits against that group's rows of the head alone (a third to a half
+of the full head's work), and every log-probability the package reports (scoring, the sampler's) uses the
+same groups.
+
 This module is a plain ``nn.Module``: no deepspeed, no hydra. The trainer flips
 ``model.gradient_checkpointing`` to recompute each block in the backward pass.
 """
@@ -14,6 +20,7 @@ This module is a plain ``nn.Module``: no deepspeed, no hydra. The trainer flips
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -49,6 +56,57 @@ def check_config(cfg: ModelConfig, vocab_size: int) -> int:
     if cfg.attn_impl not in IMPLS:
         raise ValueError(f"model.attn_impl must be one of {list(IMPLS)}, got {cfg.attn_impl!r}")
     return head_dim
+
+
+def check_softmax_groups(groups: Sequence[tuple[int, int]], vocab_size: int) -> tuple[tuple[int, int], ...]:
+    """Validate softmax groups: contiguous half-open id ranges, in order, that cover ``[0, vocab_size)``."""
+    out = tuple((int(lo), int(hi)) for lo, hi in groups)
+    edges = [b for g in out for b in g]
+    ok = bool(out) and out[0][0] == 0 and out[-1][1] == vocab_size and all(lo < hi for lo, hi in out)
+    if not ok or any(out[i][1] != out[i + 1][0] for i in range(len(out) - 1)):
+        raise ValueError(f"softmax groups {edges} must be contiguous ranges covering [0, {vocab_size})")
+    return out
+
+
+def grouped_logsumexp(
+    logits: torch.Tensor, targets: torch.Tensor, groups: Sequence[tuple[int, int]]
+) -> torch.Tensor:
+    """The log-partition of each row over the softmax group its target id lies in.
+
+    Args:
+        logits: ``(n, V)`` float.
+        targets: ``(n,)`` ids in ``[0, V)``.
+        groups: the model's ``softmax_groups`` (one group ``[(0, V)]``: the ordinary log-sum-exp).
+
+    Returns:
+        ``(n,)``, so that ``logits[i, targets[i]] - out[i]`` is ``log p(targets[i])``.
+    """
+    if len(groups) == 1:
+        return torch.logsumexp(logits, dim=-1)
+    out = torch.full(targets.shape, float("nan"), dtype=logits.dtype, device=logits.device)
+    for lo, hi in groups:
+        rows = ((targets >= lo) & (targets < hi)).nonzero()[:, 0]
+        out[rows] = torch.logsumexp(logits[rows, lo:hi], dim=-1)
+    return out
+
+
+def softmax_groups_of(model: nn.Module, vocab_size: int) -> tuple[tuple[int, int], ...]:
+    """A model's softmax groups; one group over the vocabulary for a model without them (a test double)."""
+    return getattr(model, "softmax_groups", ((0, vocab_size),))
+
+
+class Head(nn.Linear):
+    """The LM head (an ``nn.Linear`` without bias; same state dict). ``head(h, (lo, hi))`` computes only the
+    logits of ids ``[lo, hi)``, one group of a grouped softmax, through the module call, so parameter hooks
+    (ZeRO-3's gather, a parametrization) still apply."""
+
+    def __init__(self, d_model: int, vocab_size: int) -> None:
+        super().__init__(d_model, vocab_size, bias=False)
+
+    def forward(self, x: torch.Tensor, ids: tuple[int, int] | None = None) -> torch.Tensor:
+        """``(..., D)`` -> ``(..., V)`` logits, or ``(..., hi - lo)`` for ``ids=(lo, hi)``."""
+        w = self.weight if ids is None else self.weight[ids[0] : ids[1]]
+        return F.linear(x, w)
 
 
 class RMSNorm(nn.Module):
@@ -214,19 +272,27 @@ class Transformer(nn.Module):
     Args:
         cfg: the model shape.
         vocab_size: number of ids, ``mm1d.modality.Vocab.size``.
+        softmax_groups: ``Vocab.softmax_groups()``; required when ``cfg.grouped_softmax``, ignored otherwise.
 
     Attributes:
         gradient_checkpointing: when True (and training with grad enabled), each block is recomputed in
             the backward pass instead of keeping its activations.
     """
 
-    def __init__(self, cfg: ModelConfig, vocab_size: int) -> None:
+    def __init__(
+        self, cfg: ModelConfig, vocab_size: int, softmax_groups: Sequence[tuple[int, int]] | None = None
+    ) -> None:
         super().__init__()
         self.head_dim = check_config(cfg, vocab_size)
         self.config = cfg
         self.vocab_size = vocab_size
+        if cfg.grouped_softmax and softmax_groups is None:
+            raise ValueError("model.grouped_softmax needs the vocabulary's id groups: "
+                             "Transformer(cfg, vocab.size, vocab.softmax_groups())")
+        self.softmax_groups = (check_softmax_groups(softmax_groups, vocab_size) if cfg.grouped_softmax
+                               else ((0, vocab_size),))
         self.model = Backbone(cfg, vocab_size, self.head_dim)
-        self.lm_head = nn.Linear(cfg.d_model, vocab_size, bias=False)
+        self.lm_head = Head(cfg.d_model, vocab_size)
         if cfg.tie_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
         self.gradient_checkpointing = False
@@ -400,6 +466,10 @@ class Transformer(nn.Module):
             targets: ``(B, L)`` long targets, -100 to ignore.
             chunk_tokens: tokens per chunk; default about 2**27 / V.
 
+        With ``grouped_softmax``, the tokens are gathered by the group of their target, and each group's
+        logits are computed against its own rows of the head. Both ``ce`` and ``lse`` are then 0 where the
+        target is -100 (such tokens need no logits).
+
         Returns:
             ``ce`` and ``lse``, each ``(B, L)`` float32.
         """
@@ -407,22 +477,48 @@ class Transformer(nn.Module):
             raise ValueError(f"targets must be {tuple(hidden.shape[:2])}, got {tuple(targets.shape)}")
         B, L, D = hidden.shape
         n = B * L
-        chunk = chunk_tokens or max(256, (1 << 27) // self.vocab_size)
         flat_h = hidden.reshape(n, D)  # (B*L, D)
         flat_t = targets.reshape(n)  # (B*L,)
+        if len(self.softmax_groups) == 1:
+            ce, lse = self._chunked_loss(flat_h, flat_t, None, chunk_tokens)
+            return ce.view(B, L), lse.view(B, L)
+        ce = flat_h.new_zeros(n, dtype=torch.float32)
+        lse = flat_h.new_zeros(n, dtype=torch.float32)
+        for lo, hi in self.softmax_groups:
+            rows = ((flat_t >= lo) & (flat_t < hi)).nonzero()[:, 0]  # (n_g,)
+            if rows.numel():
+                ce_g, lse_g = self._chunked_loss(flat_h[rows], flat_t[rows] - lo, (lo, hi), chunk_tokens)
+                ce, lse = ce.index_put((rows,), ce_g), lse.index_put((rows,), lse_g)
+        return ce.view(B, L), lse.view(B, L)
+
+    def _chunked_loss(
+        self, h: torch.Tensor, t: torch.Tensor, ids: tuple[int, int] | None, chunk_tokens: int | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(n, D)`` hidden, ``(n,)`` targets local to ``ids`` (the whole head when None) -> ``(n,)`` ce, lse."""
+        n = h.shape[0]
+        chunk = chunk_tokens or max(256, (1 << 27) // (self.vocab_size if ids is None else ids[1] - ids[0]))
         ces, lses = [], []
         for s in range(0, n, chunk):
-            h_c, t_c = flat_h[s : s + chunk], flat_t[s : s + chunk]
+            h_c, t_c = h[s : s + chunk], t[s : s + chunk]
             if n > chunk and torch.is_grad_enabled() and h_c.requires_grad:  # one chunk: nothing to save
-                ce, lse = checkpoint(self._chunk_loss, h_c, t_c, use_reentrant=False)
+                ce, lse = checkpoint(self._chunk_loss, h_c, t_c, ids, use_reentrant=False)
             else:
-                ce, lse = self._chunk_loss(h_c, t_c)
+                ce, lse = self._chunk_loss(h_c, t_c, ids)
             ces.append(ce)
             lses.append(lse)
-        return torch.cat(ces).view(B, L), torch.cat(lses).view(B, L)
+        return torch.cat(ces), torch.cat(lses)
 
-    def _chunk_loss(self, h: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self._ce_and_lse(self.lm_head(h), t)
+    def _chunk_loss(
+        self, h: torch.Tensor, t: torch.Tensor, ids: tuple[int, int] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._ce_and_lse(self.lm_head(h, ids), t)
+
+    def target_logprobs(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """``(n, D)`` final hidden states and ``(n,)`` next ids -> ``(n,)`` float32 ``log p(target)``, normalized
+        over each target's softmax group (the whole vocabulary without ``grouped_softmax``)."""
+        logits = self.lm_head(hidden).float()  # (n, V)
+        lse = grouped_logsumexp(logits, targets, self.softmax_groups)
+        return logits.gather(1, targets[:, None])[:, 0] - lse
 
     # ---- helpers --------------------------------------------------------------------------------------
     def compile_blocks(self, device: torch.device | str | None = None, **compile_kwargs: Any) -> None:

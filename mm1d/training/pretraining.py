@@ -175,7 +175,7 @@ def make_sample_fn(cfg: PretrainConfig, vocab: Vocab) -> Callable[[nn.Module, in
 def build_model(cfg: PretrainConfig) -> tuple[Transformer, Vocab]:
     """The model to train and its vocabulary; with ``cfg.code_factors`` the visual rows are factorized."""
     vocab = Vocab.from_config(cfg.vocab)
-    model = Transformer(cfg.model, vocab.size)
+    model = Transformer(cfg.model, vocab.size, vocab.softmax_groups())
     if cfg.code_factors:
         attach_code_factors(model, code_digits(cfg, vocab))
     return model, vocab
