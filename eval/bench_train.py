@@ -12,7 +12,9 @@ separate child process per implementation reports its peak RSS. Implementations:
 - ``hf``: ``LlamaForCausalLM`` (SDPA attention) with the same weights and loss;
 - ``mm1d-packed``: our model on rows packed with 4 documents each (document mask: the ``segments`` kernel on CPU,
   FlexAttention on GPU);
-- ``mm1d-chunked``: our model with the chunked loss (``targets=``), which never holds all logits.
+- ``mm1d-chunked``: our model with the chunked loss (``targets=``), which never holds all logits, and one
+  softmax over the whole vocabulary;
+- ``mm1d-grouped``: the same with ``grouped_softmax`` (each target's logits over its id group only).
 
 Llama has no QK-norm and one softmax over the whole vocabulary, so the ``mm1d``/``hf`` pair runs with
 ``qk_norm=false`` and ``grouped_softmax=false``; the other entries use the config as written. Prints one
@@ -46,7 +48,7 @@ from mm1d.model.summary import load_model_sections, train_flops_per_token  # noq
 
 # Dense bf16 tensor-core peaks (FLOP/s) by device-name fragment.
 PEAK_BF16 = {"H100": 989.4e12, "H200": 989.4e12, "A100": 312e12, "L40S": 362e12, "4090": 165e12}
-IMPLS = ("mm1d", "hf", "mm1d-packed", "mm1d-chunked")
+IMPLS = ("mm1d", "hf", "mm1d-packed", "mm1d-chunked", "mm1d-grouped")
 
 
 def cpu_default() -> tuple[ModelConfig, VocabConfig]:
@@ -109,7 +111,7 @@ def _step_fn(
     def step() -> None:
         if impl == "hf":
             loss = loss_fn(model(input_ids=ids).logits, targets)
-        elif impl == "mm1d-chunked":
+        elif impl in ("mm1d-chunked", "mm1d-grouped"):
             ce, _ = model(ids, targets=targets, loss_chunk_tokens=chunk_tokens)
             loss = ce.mean()
         else:
@@ -236,7 +238,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: leave default)")
     parser.add_argument("--compile", action="store_true", help="torch.compile every block and the loss (both models)")
     parser.add_argument("--ckpt", action="store_true", help="activation checkpointing (both models)")
-    parser.add_argument("--loss-chunk", type=int, default=None, help="tokens per chunk for mm1d-chunked")
+    parser.add_argument("--loss-chunk", type=int, default=None, help="tokens per chunk for mm1d-chunked/-grouped")
     parser.add_argument("--out", default=None, help="also write DIR/results.json")
     parser.add_argument("overrides", nargs="*", help="model.KEY=VALUE / vocab.KEY=VALUE")
     args = parser.parse_args(argv)
@@ -261,6 +263,9 @@ def main(argv: list[str] | None = None) -> None:
     # Llama has no QK-norm and one softmax over the vocabulary: compare like with like
     plain = to_dict(dataclasses.replace(cfg, qk_norm=False, grouped_softmax=False))
     models = {i: plain if i in ("mm1d", "hf") else to_dict(cfg) for i in impls}
+    for impl, grouped in (("mm1d-chunked", False), ("mm1d-grouped", True)):
+        if impl in models:
+            models[impl] = to_dict(dataclasses.replace(cfg, grouped_softmax=grouped))
     job = {**base, "impls": impls, "models": models}
     results = run_child(measure_speed, job)
     if "error" in results:
@@ -283,10 +288,15 @@ def main(argv: list[str] | None = None) -> None:
         record["params"] = Transformer(cfg, vocab_size, vocab.softmax_groups()).num_params()
     if "tokens_per_s" in results.get("mm1d", {}) and "tokens_per_s" in results.get("hf", {}):
         record["ratio_mm1d_over_hf"] = round(results["mm1d"]["tokens_per_s"] / results["hf"]["tokens_per_s"], 3)
+    if "tokens_per_s" in results.get("mm1d-grouped", {}) and "tokens_per_s" in results.get("mm1d-chunked", {}):
+        record["ratio_grouped_over_chunked"] = round(
+            results["mm1d-grouped"]["tokens_per_s"] / results["mm1d-chunked"]["tokens_per_s"], 3)
     line = json.dumps(record)
     print(line)
     if "ratio_mm1d_over_hf" in record:
         print(f"tokens/s ratio mm1d / hf: {record['ratio_mm1d_over_hf']:.3f}")
+    if "ratio_grouped_over_chunked" in record:
+        print(f"tokens/s ratio grouped / one softmax: {record['ratio_grouped_over_chunked']:.3f}")
     if args.out:
         Path(args.out).mkdir(parents=True, exist_ok=True)
         (Path(args.out) / "results.json").write_text(json.dumps(record, indent=2))

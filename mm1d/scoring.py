@@ -40,9 +40,7 @@ def _padded(docs: Sequence[Document], pad_id: int) -> torch.Tensor:
 def _head_logprobs(model: torch.nn.Module, hidden: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """``(n, D)`` final hidden states and ``(n,)`` next tokens -> ``(n,)`` float32 ``log p(target)`` (CPU),
     normalized over each target's softmax group."""
-    logits = model.lm_head(hidden).float()  # (n, V)
-    lse = grouped_logsumexp(logits, target, softmax_groups_of(model, logits.shape[1]))
-    return (logits.gather(1, target[:, None])[:, 0] - lse).cpu()
+    return model.target_logprobs(hidden, target).cpu()
 
 
 def _text_log_softmax(model: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:
