@@ -27,6 +27,19 @@ def world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", 1))
 
 
+def close_distributed() -> None:
+    """Destroy the default process group after a run that finished on every rank.
+
+    Without it, gloo's worker threads can still hold work when the interpreter finalizes, and the process
+    aborts ("terminate called without an active exception", exit status 250 from the launcher) after the run
+    itself succeeded. Call it only on success: after an exception the other ranks may be inside a collective,
+    and destroying the group would hang them instead of letting the launcher tear them down.
+    """
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+
+
 def is_main() -> bool:
     return rank() == 0
 

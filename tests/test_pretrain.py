@@ -145,6 +145,34 @@ def test_deepspeed_launcher_two_cpu_ranks(assets: dict, tmp_path: Path) -> None:
         assert runs[3][step] == pytest.approx(loss, abs=1e-4), (step, runs)
 
 
+CLOSE_SNIPPET = """
+import os, sys, torch, torch.distributed as dist
+from mm1d.utils import close_distributed
+rank = int(sys.argv[1])
+dist.init_process_group("gloo", init_method="tcp://127.0.0.1:" + sys.argv[2], rank=rank, world_size=2)
+t = torch.full((4,), float(rank + 1))
+work = dist.all_reduce(t, async_op=True)
+work.wait()
+close_distributed()
+print(float(t[0]), dist.is_initialized())
+close_distributed()  # a second call is a no-op
+"""
+
+
+def test_close_distributed_destroys_the_group_on_every_rank() -> None:
+    """The training entry points end with close_distributed(): both gloo ranks meet, destroy the default group
+    and exit 0 (a group left to interpreter finalization can abort the process after a successful run)."""
+    port = str(free_port())
+    procs = [subprocess.Popen([sys.executable, "-c", CLOSE_SNIPPET, str(r), port], env=env(), cwd=ROOT,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in (0, 1)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    for p, (out, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-2000:]
+        assert out.split() == ["3.0", "False"], (out, err[-2000:])
+    for script in ("train/pretrain.py", "tokenizers/train_flextok.py", "tokenizers/train_videoflextok.py"):
+        assert (ROOT / script).read_text().rstrip().endswith("close_distributed()"), script
+
+
 def test_sigkill_then_resume_gives_the_uninterrupted_losses(assets: dict, tmp_path: Path) -> None:
     steps = 40
     full, part = tmp_path / "full", tmp_path / "part"

@@ -12,5 +12,7 @@ from mm1d.config import TrainFlexTokConfig, parse_cli
 if __name__ == "__main__":
     cfg = parse_cli(__doc__, TrainFlexTokConfig)
     from mm1d.training.tokenizer_training import run_tokenizer_training
+    from mm1d.utils import close_distributed
 
     run_tokenizer_training(cfg, "image")
+    close_distributed()

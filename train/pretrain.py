@@ -12,5 +12,7 @@ from mm1d.config import PretrainConfig, parse_cli
 if __name__ == "__main__":
     cfg = parse_cli(__doc__, PretrainConfig)
     from mm1d.training.pretraining import run_pretraining
+    from mm1d.utils import close_distributed
 
     run_pretraining(cfg)
+    close_distributed()
