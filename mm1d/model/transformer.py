@@ -515,10 +515,10 @@ class Transformer(nn.Module):
 
     def target_logprobs(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """``(n, D)`` final hidden states and ``(n,)`` next ids -> ``(n,)`` float32 ``log p(target)``, normalized
-        over each target's softmax group (the whole vocabulary without ``grouped_softmax``)."""
-        logits = self.lm_head(hidden).float()  # (n, V)
-        lse = grouped_logsumexp(logits, targets, self.softmax_groups)
-        return logits.gather(1, targets[:, None])[:, 0] - lse
+        over each target's softmax group (the whole vocabulary without ``grouped_softmax``). The training loss's
+        path: a grouped model computes each target's logits over its own group only."""
+        ce, _ = self.token_losses(hidden[None], targets[None])  # (1, n)
+        return -ce[0]
 
     # ---- helpers --------------------------------------------------------------------------------------
     def compile_blocks(self, device: torch.device | str | None = None, **compile_kwargs: Any) -> None:
