@@ -14,7 +14,7 @@ from mm1d.data.loader import PackedLoader
 from mm1d.data.packing import PackedBatch
 from mm1d.data.shards import Shard, ShardMismatchError, write_shard
 from mm1d.modality import Vocab
-from mm1d.sequence import StoredSample, UnknownTaskError, parse_document, split_documents
+from mm1d.sequence import IGNORE_INDEX, StoredSample, UnknownTaskError, parse_document, split_documents
 
 VOCAB = Vocab.from_config(VocabConfig(text_size=300, image_codebook=64, video_codebook=48, max_budget=16,
                                       max_time_steps=6))
@@ -130,6 +130,42 @@ def test_task_weights_and_load_time_truncation(shards) -> None:
     frac = counts["t2i"] / sum(counts.values())
     assert 0.65 < frac < 0.85  # weights 3:1
     assert len(budgets) > 8
+
+
+def test_caption_input_noise_changes_inputs_not_targets(shards) -> None:
+    path, samples = shards
+    seq = SequenceConfig(caption_dropout=0.0, caption_input_noise=0.3)
+    cfg = _cfg(path, tasks={"t2i": 1.0, "i2t": 1.0}, sequence=seq, seq_len=128)
+    lo, hi = VOCAB.range("text")
+    n_changed = 0
+    loader = PackedLoader(cfg, VOCAB, rank=0, world_size=1)
+    for _ in range(20):
+        batch = next(loader)
+        for b in range(batch.input_ids.shape[0]):
+            for d in range(int(batch.doc_ids[b].max()) + 1):
+                idx = torch.nonzero(batch.doc_ids[b] == d)[:, 0]
+                read, tgt = batch.input_ids[b, idx], batch.targets[b, idx]
+                assert (tgt[:-1] != IGNORE_INDEX).all()
+                clean = torch.cat([read[:1], tgt[:-1]])  # the document the targets spell out
+                s = parse_document(clean.numpy(), VOCAB)
+                np.testing.assert_array_equal(s.caption, samples[int(s.caption[0]) * 256 + int(s.caption[1])].text)
+                changed = read != clean
+                if s.task == "t2i":
+                    assert not changed.any()
+                    continue
+                cap_start = len(clean) - 1 - len(s.caption)  # I2T: the caption sits right before <eos>
+                assert not changed[:cap_start].any() and not changed[-1]
+                assert ((read[changed] >= lo) & (read[changed] < hi)).all()
+                n_changed += int(changed.sum())
+    assert n_changed > 20
+    # resumable like every other loader choice
+    a = PackedLoader(cfg, VOCAB, rank=0, world_size=1)
+    next(a)
+    state = json.loads(json.dumps(a.state_dict()))
+    expected = [next(a) for _ in range(5)]
+    b = PackedLoader(cfg, VOCAB, rank=0, world_size=1)
+    b.load_state_dict(state)
+    assert all(_same(x, next(b)) for x in expected)
 
 
 def test_errors(shards, tmp_path) -> None:

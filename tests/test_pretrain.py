@@ -239,3 +239,15 @@ def test_code_factors_train_and_fold_into_a_plain_bundle(assets: dict, tmp_path:
     ids = torch.randint(0, vocab.size, (2, 24), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         assert torch.allclose(bundle.model(ids), model.eval()(ids), atol=1e-5)
+
+
+def test_eval_loss_reads_clean_captions() -> None:
+    from mm1d.config import PretrainConfig, load_config
+    from mm1d.training.pretraining import eval_loader_config
+
+    cfg = load_config(CONFIG, ["data.sequence.caption_input_noise=0.2", "data.sequence.caption_dropout=0.3",
+                               "eval_data=[runs/x/val]"], PretrainConfig)
+    ev = eval_loader_config(cfg)
+    assert cfg.data.sequence.caption_input_noise == 0.2  # the training loader keeps its noise
+    assert ev.sequence.caption_input_noise == 0.0 and ev.shards == ["runs/x/val"]
+    assert ev.sequence.caption_dropout == 0.3 and ev.seq_len == cfg.data.seq_len and ev.tasks == cfg.data.tasks

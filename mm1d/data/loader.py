@@ -35,6 +35,7 @@ from mm1d.sequence import (
     build_document,
     check_task,
     choose_sample,
+    corrupt_caption_inputs,
 )
 from mm1d.utils import print0
 from mm1d.utils import rank as env_rank
@@ -171,6 +172,7 @@ class PackedLoader:
             g = self._sample_index(task)
             stored = self.shards[self._shard_of[g]].get(int(self._local_of[g]))
             doc = build_document(choose_sample(stored, task, self.cfg.sequence, self.vocab, self._rng), self.vocab)
+            doc = corrupt_caption_inputs(doc, self.vocab, self.cfg.sequence.caption_input_noise, self._rng)
             if len(doc) <= self.cfg.seq_len:
                 return doc, before
             self._stats["skipped_too_long"] += 1

@@ -2,7 +2,8 @@
 
 A row of length L holds whole documents one after another, then ``<pad>``. For every token i:
 
-* ``input_ids[i]``: the token; ``doc_ids[i]``: its document's index in the row (0, 1, ...; -1 for padding);
+* ``input_ids[i]``: the token, or its replacement under caption input noise (``Document.inputs``);
+  ``doc_ids[i]``: its document's index in the row (0, 1, ...; -1 for padding);
   ``positions[i]``: its index inside its document (restarting at 0 for each document and for padding);
 * ``targets[i]``: the next token of the *same* document, or ``IGNORE_INDEX`` (-100) where there is none
   (a document's last token, padding) or where the loss mask excludes it (the prompt, when configured);
@@ -82,7 +83,7 @@ class RowPacker:
             raise ValueError(f"document of {n} tokens does not fit: {self.seq_len - self.fill} tokens left")
         s, e = self.fill, self.fill + n
         keep = target_loss_mask(doc, self.loss)[1:]  # (n - 1,): loss on predicting token j + 1
-        self.ids[s:e] = doc.ids
+        self.ids[s:e] = doc.ids if doc.inputs is None else doc.inputs
         self.targets[s : e - 1] = np.where(keep, doc.ids[1:], IGNORE_INDEX)
         self.modality[s : e - 1] = np.where(keep, doc.modality[1:], MOD_IGNORE)
         self.positions[s:e] = np.arange(n)

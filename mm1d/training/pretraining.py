@@ -6,6 +6,7 @@ tests can drive a run in-process.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -15,7 +16,7 @@ import torch
 from torch import nn
 
 from mm1d.checkpoint import resolve_asset, save_release_bundle
-from mm1d.config import PretrainConfig, to_dict
+from mm1d.config import LoaderConfig, PretrainConfig, to_dict
 from mm1d.data.packing import PackedBatch
 from mm1d.modality import Vocab
 from mm1d.model.code_factors import attach_code_factors, digit_matrix, fold_code_factors, has_code_factors
@@ -181,6 +182,13 @@ def build_model(cfg: PretrainConfig) -> tuple[Transformer, Vocab]:
     return model, vocab
 
 
+def eval_loader_config(cfg: PretrainConfig) -> LoaderConfig:
+    """The loader settings of the eval loss: ``cfg.data`` on ``cfg.eval_data``, with clean captions (caption
+    input noise is a training-time augmentation; every other sequence choice is kept)."""
+    clean = dataclasses.replace(cfg.data.sequence, caption_input_noise=0.0)
+    return dataclasses.replace(cfg.data, shards=list(cfg.eval_data), sequence=clean)
+
+
 def run_pretraining(cfg: PretrainConfig) -> TrainState:
     """Train the transformer described by ``cfg``; resume from ``cfg.out_dir`` when it has a checkpoint."""
     from mm1d.data.loader import PackedLoader
@@ -197,8 +205,7 @@ def run_pretraining(cfg: PretrainConfig) -> TrainState:
     loader = PackedLoader(cfg.data, vocab, rank=rank(), world_size=world_size())
 
     def eval_fn(module: nn.Module) -> dict[str, float]:
-        data = type(cfg.data)(**{**cfg.data.__dict__, "shards": cfg.eval_data})
-        ev = PackedLoader(data, vocab, rank=rank(), world_size=world_size())
+        ev = PackedLoader(eval_loader_config(cfg), vocab, rank=rank(), world_size=world_size())
         tot: dict[str, float] = {}
         for _ in range(cfg.eval_batches):
             batch = next(ev).to(next(module.parameters()).device)
