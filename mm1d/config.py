@@ -435,8 +435,11 @@ class SequenceConfig:
     auto_prob: float = 0.0  # generation spans use the precomputed adaptive k (marked <kauto>) with this prob
     caption_dropout: float = 0.1  # T2I/T2V: caption removed (CFG's unconditional stream)
     # I2T/V2T: each caption token the model reads is replaced by a random text id with this probability (the
-    # targets stay true), so later words are predicted from the visual span (mm1d.sequence.corrupt_caption_inputs)
+    # targets stay true), so later words are predicted from the visual span (mm1d.data.caption_noise)
     caption_input_noise: float = 0.0
+    # where replacements come from: uniform text ids, or words that follow the same previous word in the
+    # training captions (mm1d.data.caption_noise)
+    caption_noise_source: Literal["uniform", "bigram"] = "uniform"
     ti2v_text_dropout: float = 0.1  # text-image-to-video: caption removed
     ti2v_image_dropout: float = 0.1  # text-image-to-video: first-frame condition replaced by <nocond>
     cond_k: int = 0  # budget of the first-frame condition image; 0: all stored tokens

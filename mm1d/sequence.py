@@ -34,7 +34,6 @@ time step for video.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -192,7 +191,7 @@ class Document:
             tasks, the visual span of understanding tasks. Its loss can be switched off (``LossConfig``).
         task: the task name.
         inputs: (n,) int64 ids the model *reads* when they differ from ``ids`` (caption input noise,
-            ``corrupt_caption_inputs``); None: it reads ``ids``. Targets always come from ``ids``.
+            ``mm1d.data.caption_noise``); None: it reads ``ids``. Targets always come from ``ids``.
     """
 
     ids: np.ndarray
@@ -594,35 +593,6 @@ def choose_sample(
     elif gen and rng.random() < cfg.caption_dropout:
         caption = None
     return SequenceSample(task, caption, codes, bool(auto), cond)
-
-
-def corrupt_caption_inputs(doc: Document, vocab: Vocab, p: float, rng: np.random.Generator) -> Document:
-    """Caption input noise for I2T / V2T documents: each caption token the model *reads* is replaced, with
-    probability ``p``, by a uniformly drawn text id; the targets stay the true caption.
-
-    A caption word after a corrupted one must then be predicted from the visual span rather than from the
-    words before it, which weakens the text-only shortcut (e.g. "red" is always followed by one of the shapes
-    red came with in training) that makes a captioner repeat the colour-shape pairs it saw.
-
-    Args:
-        doc: a built document; only ``i2t`` / ``v2t`` documents are corrupted (others come back unchanged).
-        vocab: the registry (the text range).
-        p: replacement probability per caption token, in [0, 1].
-        rng: numpy generator; untouched when ``p == 0`` or the document is not a captioning one.
-
-    Returns:
-        ``doc`` with ``inputs`` set to the corrupted ids (``(n,)`` int64), or ``doc`` itself.
-    """
-    if not 0.0 <= p <= 1.0:
-        raise ValueError(f"caption input noise must be a probability in [0, 1], got {p}")
-    if p == 0.0 or doc.task not in UNDERSTANDING_TASKS:
-        return doc
-    lo, hi = _ranges(vocab)["text"]
-    caption = ~doc.prompt & (doc.ids >= lo) & (doc.ids < hi)  # (n,): the caption's text tokens
-    hit = caption & (rng.random(len(doc.ids)) < p)
-    inputs = doc.ids.copy()
-    inputs[hit] = rng.integers(lo, hi, size=int(hit.sum()))
-    return dataclasses.replace(doc, inputs=inputs)
 
 
 def target_loss_mask(doc: Document, loss: LossConfig) -> np.ndarray:

@@ -132,9 +132,11 @@ def test_task_weights_and_load_time_truncation(shards) -> None:
     assert len(budgets) > 8
 
 
-def test_caption_input_noise_changes_inputs_not_targets(shards) -> None:
+@pytest.mark.parametrize("source", ["uniform", "bigram"])
+def test_caption_input_noise_changes_inputs_not_targets(shards, source: str) -> None:
     path, samples = shards
-    seq = SequenceConfig(caption_dropout=0.0, caption_input_noise=0.3)
+    seq = SequenceConfig(caption_dropout=0.0, caption_input_noise=0.3, caption_noise_source=source)
+    follows = {(a, b) for st in samples for a, b in zip([-1, *st.text[:-1].tolist()], st.text.tolist())}
     cfg = _cfg(path, tasks={"t2i": 1.0, "i2t": 1.0}, sequence=seq, seq_len=128)
     lo, hi = VOCAB.range("text")
     n_changed = 0
@@ -156,6 +158,11 @@ def test_caption_input_noise_changes_inputs_not_targets(shards) -> None:
                 cap_start = len(clean) - 1 - len(s.caption)  # I2T: the caption sits right before <eos>
                 assert not changed[:cap_start].any() and not changed[-1]
                 assert ((read[changed] >= lo) & (read[changed] < hi)).all()
+                if source == "bigram":  # each replacement follows the previous true word somewhere in the data
+                    cap = clean[cap_start:-1] - lo
+                    for j in torch.nonzero(changed[cap_start:-1])[:, 0].tolist():
+                        prev = int(cap[j - 1]) if j else -1
+                        assert (prev, int(read[cap_start + j]) - lo) in follows
                 n_changed += int(changed.sum())
     assert n_changed > 20
     # resumable like every other loader choice

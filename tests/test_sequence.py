@@ -18,7 +18,6 @@ from mm1d.sequence import (
     UnknownTaskError,
     build_document,
     choose_sample,
-    corrupt_caption_inputs,
     parse_document,
     sample_budget,
 )
@@ -188,28 +187,3 @@ def test_build_parse_identity_with_a_shared_visual_range(task: str) -> None:
         doc = build_document(s, shared)
         assert parse_document(doc.ids, shared) == s
         assert int(doc.ids.max()) < shared.size
-
-
-def test_caption_input_noise_touches_only_what_the_model_reads_of_a_caption() -> None:
-    cap = np.arange(40, 60)
-    lo, hi = VOCAB.range("text")
-    for task, codes in (("i2t", np.arange(10)), ("v2t", np.arange(16).reshape(2, 8) % 48)):
-        doc = build_document(SequenceSample(task, cap, codes), VOCAB)
-        noisy = corrupt_caption_inputs(doc, VOCAB, 0.5, np.random.default_rng(0))
-        np.testing.assert_array_equal(noisy.ids, doc.ids)  # the targets stay the true caption
-        assert noisy.inputs is not None and noisy.inputs.shape == doc.ids.shape
-        changed = noisy.inputs != doc.ids
-        caption = ~doc.prompt & (doc.ids >= lo) & (doc.ids < hi)
-        assert caption.sum() == len(cap)
-        assert changed.any() and not (changed & ~caption).any()  # only caption tokens, never <eos> or codes
-        assert ((noisy.inputs[changed] >= lo) & (noisy.inputs[changed] < hi)).all()
-        all_hit = corrupt_caption_inputs(doc, VOCAB, 1.0, np.random.default_rng(1))
-        assert (all_hit.inputs != doc.ids).sum() >= len(cap) - 2  # p = 1 redraws every caption token
-    # generation and text documents, and p = 0, come back as they are without drawing from the generator
-    for task, codes, p in (("t2i", np.arange(10), 0.5), ("text", None, 0.5), ("i2t", np.arange(10), 0.0)):
-        doc = build_document(SequenceSample(task, cap, codes), VOCAB)
-        rng = np.random.default_rng(3)
-        assert corrupt_caption_inputs(doc, VOCAB, p, rng) is doc
-        assert rng.random() == np.random.default_rng(3).random()
-    with pytest.raises(ValueError, match="probability"):
-        corrupt_caption_inputs(doc, VOCAB, 1.5, np.random.default_rng(0))

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from mm1d.config import LoaderConfig
+from mm1d.data.caption_noise import CaptionBigrams, corrupt_caption_inputs
 from mm1d.data.packing import PackedBatch, PackedRow, RowPacker, collate_rows
 from mm1d.data.shards import Shard, list_shards
 from mm1d.modality import Vocab
@@ -35,7 +36,6 @@ from mm1d.sequence import (
     build_document,
     check_task,
     choose_sample,
-    corrupt_caption_inputs,
 )
 from mm1d.utils import print0
 from mm1d.utils import rank as env_rank
@@ -103,6 +103,11 @@ class PackedLoader:
         self._cum[-1] = 1.0
         self._check_budgets()
         self._packer = RowPacker(cfg.seq_len, vocab.pad_id, cfg.loss)
+        self._bigrams = None  # caption input noise drawn from the captions of every shard (all ranks alike)
+        if cfg.sequence.caption_input_noise > 0 and cfg.sequence.caption_noise_source == "bigram":
+            self._bigrams = CaptionBigrams.from_flat([s.arrays["text_ids"] for s in self.shards],
+                                                     [s.arrays["text_off"] for s in self.shards],
+                                                     vocab.local_size("text"))
         self._perm_cache: dict[str, tuple[int, np.ndarray]] = {}
         self._rng = np.random.default_rng([cfg.seed, self.rank, 0x6D6D3164])
         self._cursors = {t: 0 for t in self.tasks}
@@ -172,7 +177,8 @@ class PackedLoader:
             g = self._sample_index(task)
             stored = self.shards[self._shard_of[g]].get(int(self._local_of[g]))
             doc = build_document(choose_sample(stored, task, self.cfg.sequence, self.vocab, self._rng), self.vocab)
-            doc = corrupt_caption_inputs(doc, self.vocab, self.cfg.sequence.caption_input_noise, self._rng)
+            doc = corrupt_caption_inputs(doc, self.vocab, self.cfg.sequence.caption_input_noise, self._rng,
+                                         self._bigrams)
             if len(doc) <= self.cfg.seq_len:
                 return doc, before
             self._stats["skipped_too_long"] += 1
