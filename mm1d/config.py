@@ -434,7 +434,7 @@ class SequenceConfig:
     understanding_min_k: int = 0  # I2T/V2T draw k from [max(min_k, this), max_k]; 0: no bias
     auto_prob: float = 0.0  # generation spans use the precomputed adaptive k (marked <kauto>) with this prob
     caption_dropout: float = 0.1  # T2I/T2V: caption removed (CFG's unconditional stream)
-    # I2T/V2T: each caption token the model reads is replaced by a random text id with this probability (the
+    # I2T/V2T: each caption token the model reads is replaced by another text id with this probability (the
     # targets stay true), so later words are predicted from the visual span (mm1d.data.caption_noise)
     caption_input_noise: float = 0.0
     # where replacements come from: uniform text ids, or words that follow the same previous word in the

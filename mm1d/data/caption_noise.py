@@ -8,8 +8,8 @@ makes the words after a corrupted one depend on the visual span instead of on th
 
 Two sources of replacement tokens (``SequenceConfig.caption_noise_source``):
 
-* ``uniform``: any text id. Most replacements are words that never occur in a caption, which the model learns
-  to skip.
+* ``uniform``: any text id. Most replacements do not fit their context at all, so the model learns to skip
+  them.
 * ``bigram``: a word that follows the same previous word somewhere in the training captions, other than the
   true one (``CaptionBigrams``). After "a small" that is usually another colour, so the model reads a plausible
   but wrong colour and must still name the shape it sees.
@@ -43,12 +43,11 @@ class CaptionBigrams:
         self.text_size = int(counts.shape[1])
 
     @classmethod
-    def from_flat(cls, ids: np.ndarray, offsets: Sequence[np.ndarray], text_size: int) -> CaptionBigrams:
+    def from_flat(cls, ids: Sequence[np.ndarray], offsets: Sequence[np.ndarray], text_size: int) -> CaptionBigrams:
         """Count bigrams of captions stored flat.
 
         Args:
-            ids: per block, ``(n,)`` local text ids of its captions one after another (a list of such arrays,
-                paired with ``offsets``).
+            ids: per block (a shard), ``(n,)`` local text ids of its captions one after another.
             offsets: per block, ``(m + 1,)`` caption boundaries into its ``ids`` (a shard's ``text_off``).
             text_size: T, the text range of the vocabulary.
         """
