@@ -597,6 +597,9 @@ class FlexTokConfig(VisualTokenizerConfig):
     repa_layer: int = 1  # decoder block whose output (patch tokens) is aligned
     repa_extractor: str | None = None  # "random_conv", "hf:<dir>" or "module:factory"
     repa_dim: int = 0  # teacher feature width
+    # which decoder pass is aligned: "flow" (the noised input at a random t), or "one_step" (the zero-input
+    # pass of aux_recon_mode="zero_noise", which sees only the registers, so the alignment trains the tokens)
+    repa_pass: Literal["flow", "one_step"] = "flow"
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -260,12 +260,47 @@ def test_repa_custom_teacher_and_latent_perturbation_changes_codes() -> None:
     model.train()
     loss, metrics = model.training_loss(images(2))
     assert 0 <= metrics["repa"] <= 2
+    # the frozen teacher is not part of the model: checkpoints and bundles hold the tokenizer only
+    assert not any(key.startswith("_teacher") for key in model.state_dict())
+    configured = make_model(repa_weight=1.0, repa_dim=8, repa_extractor="random_conv").train()
+    configured.training_loss(images(2))  # builds the teacher from the spec
+    assert not any(key.startswith("_teacher") for key in configured.state_dict())
     # perturbation: with prob 1 and fraction 1 every code is random, so the loss no longer sees the encoder
     pert = make_model(perturb_prob=1.0, perturb_fraction=1.0)
     pert.train()
     loss, _ = pert.training_loss(images(2))
     loss.backward()
     assert pert.enc_registers.grad is None or pert.enc_registers.grad.abs().sum() == 0
+
+
+@pytest.mark.parametrize("repa_pass", ["flow", "one_step"])
+def test_repa_pass_picks_the_aligned_decoder_pass(repa_pass: str) -> None:
+    # one_step aligns the zero-input pass, which sees only the codes: with every register kept and no
+    # condition dropout its REPA term cannot depend on the flow draws (noise, t); the flow pass's does
+    kw = dict(repa_weight=1.0, repa_dim=8, repa_pass=repa_pass, aux_recon_weight=1.0, aux_recon_mode="zero_noise",
+              nested_dropout="none", cond_dropout=0.0, quant_norm="none")
+    model = make_model(**kw)
+    model.set_repa_teacher(RandomConvFeatures(8))
+    model.train()
+    x = images(2)
+    _, m0 = model.training_loss(x, generator=torch.Generator().manual_seed(0))
+    _, m1 = model.training_loss(x, generator=torch.Generator().manual_seed(1))
+    assert m0["rf"] != m1["rf"]
+    assert (m0["repa"] == m1["repa"]) == (repa_pass == "one_step")
+    # one_step REPA works without the flow pass (rf_weight=0) and trains the encoder through the codes
+    if repa_pass == "one_step":
+        model = make_model(**{**kw, "rf_weight": 0.0})
+        model.set_repa_teacher(RandomConvFeatures(8))
+        model.train()
+        loss, metrics = model.training_loss(x)
+        assert "rf" not in metrics and "repa" in metrics
+        loss.backward()
+        assert model.enc_registers.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="repa_pass"):
+        FlexTok(tiny_cfg(repa_weight=1.0, repa_dim=8, repa_pass="one_step"))  # no zero-noise pass to align
+    with pytest.raises(ValueError, match="rf_weight"):
+        FlexTok(tiny_cfg(repa_weight=1.0, repa_dim=8, rf_weight=0.0, aux_recon_weight=1.0,
+                         aux_recon_mode="zero_noise"))
 
 
 def test_vae_backend(tmp_path: Path) -> None:

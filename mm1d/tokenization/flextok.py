@@ -140,6 +140,10 @@ class FlexTok(RegisterTokenizer):
         if cfg.repa_weight > 0:
             cls._need(cfg.repa_dim > 0, "repa_weight > 0 needs repa_dim (teacher feature width)")
             cls._need(0 <= cfg.repa_layer < cfg.dec_depth, "repa_layer must index a decoder block")
+            if cfg.repa_pass == "one_step":
+                cls._need(cfg.aux_recon_weight > 0 and cfg.aux_recon_mode == "zero_noise",
+                          "repa_pass='one_step' aligns the zero-input pass: it needs aux_recon_weight > 0 and "
+                          "aux_recon_mode='zero_noise'")
         if cfg.latent == "pixels":
             cls._need(
                 cfg.latent_channels == 3 and cfg.latent_downsample == 1, "pixels latent: 3 channels, downsample 1"
@@ -147,7 +151,8 @@ class FlexTok(RegisterTokenizer):
 
     def set_repa_teacher(self, fn: FeatureFn | None) -> None:
         """Use ``fn`` (frozen, not saved) as the REPA feature extractor instead of the configured spec."""
-        self._teacher = fn
+        # a plain attribute, not a submodule: the teacher must stay out of state_dict, checkpoints and bundles
+        object.__setattr__(self, "_teacher", fn)
 
     # ---- checks -------------------------------------------------------------------------------------
     def _check_images(self, images: torch.Tensor) -> None:
@@ -380,7 +385,8 @@ class FlexTok(RegisterTokenizer):
         if self._teacher is None:
             if not self.cfg.repa_extractor:
                 raise ValueError("repa_weight > 0 needs repa_extractor in the config or set_repa_teacher()")
-            self._teacher = build_feature_extractor(self.cfg.repa_extractor, self.cfg.repa_dim, self.cfg.image_size)
+            self.set_repa_teacher(build_feature_extractor(self.cfg.repa_extractor, self.cfg.repa_dim,
+                                                          self.cfg.image_size))
         return self._teacher
 
     def training_loss(
@@ -424,7 +430,8 @@ class FlexTok(RegisterTokenizer):
         metrics: dict[str, float] = {}
         feats = None
         if cfg.rf_weight > 0:  # the draws above happen either way, so the RNG stream does not depend on it
-            v, feats = self.decoder_forward(x_t, t, codes, keep, null, return_repa=self.repa_proj is not None)
+            flow_repa = self.repa_proj is not None and cfg.repa_pass == "flow"
+            v, feats = self.decoder_forward(x_t, t, codes, keep, null, return_repa=flow_repa)
             rf = weighted_mse(v, noise - x0, weights)
             loss = loss + cfg.rf_weight * rf
             metrics["rf"] = float(rf.detach())
@@ -433,7 +440,11 @@ class FlexTok(RegisterTokenizer):
                 x0_hat = x_t - t[:, None, None, None] * v
             else:  # one deterministic pass at t=1 from a zero input: x0 = 0 - 1 * v
                 ones = torch.ones(b, device=device)
-                v0, _ = self.decoder_forward(torch.zeros_like(x0), ones, codes, keep, torch.zeros_like(null))
+                step_repa = self.repa_proj is not None and cfg.repa_pass == "one_step"
+                v0, f0 = self.decoder_forward(
+                    torch.zeros_like(x0), ones, codes, keep, torch.zeros_like(null), return_repa=step_repa
+                )
+                feats = f0 if step_repa else feats
                 x0_hat = -v0
             aux = weighted_mse(x0_hat, x0, weights)
             loss = loss + cfg.aux_recon_weight * aux
