@@ -88,7 +88,7 @@ class FlexTokConfig(VisualTokenizerConfig):
     recon_contrast_weight: float = 0.0
     repa_weight: float = 0.0  # 0 disables REPA
     repa_layer: int = 1  # decoder block whose output (patch tokens) is aligned
-    repa_extractor: str | None = None  # "random_conv", "hf:<dir>" or "module:factory"
+    repa_extractor: str | None = None  # "random_conv", "shapes:<dir>", "hf:<dir>" or "module:factory"
     repa_dim: int = 0  # teacher feature width
     # which decoder pass is aligned: "flow" (the noised input at a random t), or "one_step" (the zero-input
     # pass of aux_recon_mode="zero_noise", which sees only the registers, so the alignment trains the tokens)

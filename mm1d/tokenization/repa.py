@@ -7,6 +7,8 @@ either a token grid ``(B, T, F)`` with ``T`` a perfect square (row-major grid) o
 Specs understood by :func:`build_feature_extractor` (the ``repa_extractor`` config key):
 
 - ``"random_conv"``: a frozen, seeded random conv net (for tests and tiny CPU runs);
+- ``"shapes:<dir>"``: the ShapesWorld teacher of :mod:`mm1d.tokenization.shapes_teacher` (a small CNN trained
+  on the world's labels; ``python -m mm1d.tokenization.shapes_teacher --out <dir>`` makes it);
 - ``"hf:<dir>"``: a transformers vision backbone from a local directory (e.g. DINOv2); the last
   ``grid * grid`` tokens of ``last_hidden_state`` are the patch features;
 - ``"package.module:factory"``: ``factory()`` returns the callable (an ``nn.Module`` is frozen).
@@ -90,7 +92,7 @@ def build_feature_extractor(spec: str, dim: int, image_size: int) -> FeatureFn:
     """Build a frozen feature extractor from a config spec (see module docstring).
 
     Args:
-        spec: ``"random_conv"``, ``"hf:<dir>"`` or ``"module:factory"``.
+        spec: ``"random_conv"``, ``"shapes:<dir>"``, ``"hf:<dir>"`` or ``"module:factory"``.
         dim: feature width for ``random_conv``.
         image_size: input resolution; ``hf:`` backbones use a ``image_size // 16`` patch grid.
 
@@ -99,6 +101,13 @@ def build_feature_extractor(spec: str, dim: int, image_size: int) -> FeatureFn:
     """
     if spec == "random_conv":
         return RandomConvFeatures(dim)
+    if spec.startswith("shapes:"):
+        from mm1d.tokenization.shapes_teacher import load_shapes_teacher
+
+        teacher = load_shapes_teacher(spec.removeprefix("shapes:"))
+        if teacher.dim != dim:
+            raise ValueError(f"ShapesWorld teacher {spec!r} gives {teacher.dim}-dim features, repa_dim is {dim}")
+        return teacher
     if spec.startswith("hf:"):
         return HFBackbone(spec[3:], grid=max(1, image_size // 16))
     if ":" in spec:
@@ -109,7 +118,8 @@ def build_feature_extractor(spec: str, dim: int, image_size: int) -> FeatureFn:
             fn.requires_grad_(False)
             fn.eval()
         return fn
-    raise ValueError(f"unknown REPA extractor spec {spec!r}; expected 'random_conv', 'hf:<dir>' or 'module:factory'")
+    raise ValueError(f"unknown REPA extractor spec {spec!r}; expected 'random_conv', 'shapes:<dir>', 'hf:<dir>' or "
+                     "'module:factory'")
 
 
 def teacher_grid(features: torch.Tensor, grid_h: int, grid_w: int) -> torch.Tensor:
