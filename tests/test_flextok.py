@@ -303,6 +303,22 @@ def test_repa_pass_picks_the_aligned_decoder_pass(repa_pass: str) -> None:
                          aux_recon_mode="zero_noise"))
 
 
+def test_compile_blocks_compiles_what_training_runs() -> None:
+    from mm1d.training.engine import compile_in_place
+
+    model = make_model(prediction="x0", aux_recon_weight=1.0, aux_recon_mode="zero_noise").train()
+    x = images(2)
+    eager, _ = model.training_loss(x, generator=torch.Generator().manual_seed(0))
+    keys = set(model.state_dict())
+    compile_in_place(model)  # the engine's call for engine.compile=true
+    blocks = [*model.enc_blocks, *model.dec_blocks]
+    assert all(blk._compiled_call_impl is not None for blk in blocks)
+    assert set(model.state_dict()) == keys  # checkpoints stay interchangeable with eager runs
+    model.compile_blocks(backend="eager")  # recompile without inductor: same numbers as eager
+    again, _ = model.training_loss(x, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(again, eager)
+
+
 def test_vae_backend(tmp_path: Path) -> None:
     diffusers = pytest.importorskip("diffusers")
     torch.manual_seed(0)

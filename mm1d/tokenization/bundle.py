@@ -146,6 +146,21 @@ class RegisterTokenizer(nn.Module):
             nn.init.zeros_(self.summary[-1].bias)
 
     # ---- decoder fine-tuning on fixed codes -----------------------------------------------------------
+    def compile_blocks(self, device: torch.device | str | None = None, **compile_kwargs: Any) -> None:
+        """``torch.compile`` every encoder and decoder block in place (what ``engine.compile: true`` does).
+
+        The training step calls ``training_loss``, not ``forward``, so compiling the module as a whole would
+        compile nothing that training runs. Parameter names do not change, so checkpoints and bundles stay
+        interchangeable with eager runs.
+
+        Args:
+            device: unused (the blocks call SDPA on every device); the engine passes it to every model.
+            compile_kwargs: passed to ``torch.compile`` (for example ``backend="eager"`` in tests).
+        """
+        del device
+        for blk in [*self.enc_blocks, *self.dec_blocks]:
+            blk.compile(**compile_kwargs)
+
     def freeze_encoder(self) -> list[str]:
         """Freeze the encoder and the quantizer, so that training updates only the decoder.
 
