@@ -145,7 +145,6 @@ class RegisterTokenizer(nn.Module):
             nn.init.zeros_(self.summary[-1].weight)
             nn.init.zeros_(self.summary[-1].bias)
 
-    # ---- decoder fine-tuning on fixed codes -----------------------------------------------------------
     def compile_blocks(self, device: torch.device | str | None = None, **compile_kwargs: Any) -> None:
         """``torch.compile`` every encoder and decoder block in place (what ``engine.compile: true`` does).
 
@@ -161,6 +160,7 @@ class RegisterTokenizer(nn.Module):
         for blk in [*self.enc_blocks, *self.dec_blocks]:
             blk.compile(**compile_kwargs)
 
+    # ---- decoder fine-tuning on fixed codes -----------------------------------------------------------
     def freeze_encoder(self) -> list[str]:
         """Freeze the encoder and the quantizer, so that training updates only the decoder.
 

@@ -7,7 +7,7 @@ the five ShapesWorld positions, the shape there (or none), its colour and its si
 carry what the judge reads (shape, colour, size, place) and ignore what a pixel loss also pays for (a pixel
 of jitter, anti-aliasing).
 
-    python -m mm1d.tokenization.shapes_teacher --out runs/shapes_teacher     # about 2 minutes on 2 cores
+    python -m mm1d.tokenization.shapes_teacher --out runs/shapes_teacher     # about 3 minutes on 2 cores
 
 and then ``model.repa_extractor: shapes:runs/shapes_teacher`` (``repa_dim`` = the teacher's ``dim``).
 """
@@ -142,17 +142,13 @@ def train_shapes_teacher(out: str | Path, steps: int = 1500, batch_size: int = 1
 
 
 def load_shapes_teacher(path: str | Path) -> ShapesTeacher:
-    """A trained teacher from ``path`` (a directory, or ``asset:NAME`` for one shipped in the package), frozen.
+    """A trained teacher from the directory ``path``, frozen and in eval mode.
 
     Raises:
         FileNotFoundError: ``path`` lacks ``config.json`` or the weights, with the command that makes them.
     """
     from safetensors.torch import load_file
 
-    if str(path).startswith("asset:"):
-        from mm1d.checkpoint import ASSETS
-
-        path = ASSETS / str(path).removeprefix("asset:")
     path = Path(path)
     if not (path / "config.json").is_file() or not (path / WEIGHTS_FILE).is_file():
         raise FileNotFoundError(f"ShapesWorld REPA teacher not found at {path} (needs config.json and {WEIGHTS_FILE}); "
