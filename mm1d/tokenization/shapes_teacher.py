@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -36,9 +37,10 @@ class ShapesTeacher(nn.Module):
 
     Args:
         dim: width of the feature map that REPA aligns to.
+        image_size: input side; the map is ``ceil(image_size / 8)`` per side.
     """
 
-    def __init__(self, dim: int = 128) -> None:
+    def __init__(self, dim: int = 128, image_size: int = 32) -> None:
         super().__init__()
         self.dim = dim
         if dim % 4:
@@ -50,7 +52,8 @@ class ShapesTeacher(nn.Module):
             nn.Conv2d(2 * w, 3 * w, 3, stride=2, padding=1), nn.GELU(),
             nn.Conv2d(3 * w, dim, 3, stride=2, padding=1),
         )
-        self.head = nn.LazyLinear(len(POSITIONS) * _SLOT)
+        grid = math.ceil(image_size / 8)  # three stride-2 convolutions with padding 1
+        self.head = nn.Linear(dim * grid * grid, len(POSITIONS) * _SLOT)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """images ``(B, 3, H, W)`` in [-1, 1] -> features ``(B, dim, H/8, W/8)``."""
@@ -112,8 +115,7 @@ def train_shapes_teacher(out: str | Path, steps: int = 1500, batch_size: int = 1
     from tqdm import tqdm
 
     torch.manual_seed(seed)
-    model = ShapesTeacher(dim)
-    model.logits(make_batch(seed, 0, 2, "train", size=size).pixels)  # materialize the lazy head
+    model = ShapesTeacher(dim, size)
     opt = torch.optim.AdamW(model.parameters(), lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=steps, pct_start=0.05)
     bar = tqdm(range(steps), desc="shapes teacher", disable=not progress)
@@ -154,8 +156,7 @@ def load_shapes_teacher(path: str | Path) -> ShapesTeacher:
         raise FileNotFoundError(f"ShapesWorld REPA teacher not found at {path} (needs config.json and {WEIGHTS_FILE}); "
                                 f"train it with `python -m mm1d.tokenization.shapes_teacher --out {path}`")
     cfg = json.loads((path / "config.json").read_text())
-    model = ShapesTeacher(int(cfg["dim"]))
-    model.logits(torch.zeros(1, 3, int(cfg["image_size"]), int(cfg["image_size"])))
+    model = ShapesTeacher(int(cfg["dim"]), int(cfg["image_size"]))
     model.load_state_dict(load_file(str(path / WEIGHTS_FILE)))
     model.requires_grad_(False)
     return model.eval()
