@@ -273,7 +273,7 @@ def test_repa_custom_teacher_and_latent_perturbation_changes_codes() -> None:
     assert pert.enc_registers.grad is None or pert.enc_registers.grad.abs().sum() == 0
 
 
-@pytest.mark.parametrize("repa_pass", ["flow", "one_step"])
+@pytest.mark.parametrize("repa_pass", ["flow", "one_step", "tokens"])
 def test_repa_pass_picks_the_aligned_decoder_pass(repa_pass: str) -> None:
     # one_step aligns the zero-input pass, which sees only the codes: with every register kept and no
     # condition dropout its REPA term cannot depend on the flow draws (noise, t); the flow pass's does
@@ -286,9 +286,9 @@ def test_repa_pass_picks_the_aligned_decoder_pass(repa_pass: str) -> None:
     _, m0 = model.training_loss(x, generator=torch.Generator().manual_seed(0))
     _, m1 = model.training_loss(x, generator=torch.Generator().manual_seed(1))
     assert m0["rf"] != m1["rf"]
-    assert (m0["repa"] == m1["repa"]) == (repa_pass == "one_step")
-    # one_step REPA works without the flow pass (rf_weight=0) and trains the encoder through the codes
-    if repa_pass == "one_step":
+    assert (m0["repa"] == m1["repa"]) == (repa_pass != "flow")
+    # one_step and tokens REPA work without the flow pass (rf_weight=0) and train the encoder through the codes
+    if repa_pass != "flow":
         model = make_model(**{**kw, "rf_weight": 0.0})
         model.set_repa_teacher(RandomConvFeatures(8))
         model.train()
@@ -301,6 +301,34 @@ def test_repa_pass_picks_the_aligned_decoder_pass(repa_pass: str) -> None:
     with pytest.raises(ValueError, match="rf_weight"):
         FlexTok(tiny_cfg(repa_weight=1.0, repa_dim=8, rf_weight=0.0, aux_recon_weight=1.0,
                          aux_recon_mode="zero_noise"))
+
+
+def test_tokens_repa_reads_only_the_kept_codes() -> None:
+    """repa_pass='tokens': the readout sees the first keep_k codes and nothing of the decoder."""
+    model = make_model(repa_weight=1.0, repa_dim=8, repa_pass="tokens", quant_norm="none").train()
+    readout = model.repa_proj
+    n, dd = model.num_registers, model.cfg.dec_dim
+    reg = torch.randn(3, n, dd)
+    keep = torch.tensor([1, 3, n])
+    kept = ~nested_dropout_mask(keep, n)
+    base = readout(reg, kept)
+    assert base.shape == (3, model.num_patches, 8)
+    changed = reg.clone()
+    changed[0, 1:] = torch.randn(n - 1, dd)  # registers past row 0's prefix: invisible to it
+    changed[1, 3:] = torch.randn(n - 3, dd)
+    out = readout(changed, kept)
+    torch.testing.assert_close(out[:2], base[:2])
+    changed[1, 2] = torch.randn(dd)  # inside row 1's prefix: visible
+    assert not torch.allclose(readout(changed, kept)[1], base[1])
+    # the REPA term's gradient reaches the encoder but no decoder block
+    model.set_repa_teacher(RandomConvFeatures(8))
+    model.cfg.aux_recon_weight = 0.0
+    model.cfg.rf_weight = 0.0  # only the REPA term is left in the loss (config checks ran at construction)
+    loss, metrics = model.training_loss(images(2))
+    assert loss.item() == pytest.approx(metrics["repa"])
+    loss.backward()
+    assert model.enc_registers.grad.abs().sum() > 0
+    assert all(p.grad is None for p in model.dec_blocks.parameters())
 
 
 def test_compile_blocks_compiles_what_training_runs() -> None:

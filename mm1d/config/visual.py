@@ -90,9 +90,11 @@ class FlexTokConfig(VisualTokenizerConfig):
     repa_layer: int = 1  # decoder block whose output (patch tokens) is aligned
     repa_extractor: str | None = None  # "random_conv", "shapes:<dir>", "hf:<dir>" or "module:factory"
     repa_dim: int = 0  # teacher feature width
-    # which decoder pass is aligned: "flow" (the noised input at a random t), or "one_step" (the zero-input
-    # pass of aux_recon_mode="zero_noise", which sees only the registers, so the alignment trains the tokens)
-    repa_pass: Literal["flow", "one_step"] = "flow"
+    # what is aligned: "flow" (decoder block repa_layer on the noised input at a random t), "one_step" (the
+    # same block in the zero-input pass of aux_recon_mode="zero_noise", which sees only the registers), or
+    # "tokens" (a separate cross-attention readout of the kept register inputs, so the alignment trains the
+    # tokens and takes no capacity from the pixel decoder)
+    repa_pass: Literal["flow", "one_step", "tokens"] = "flow"
 
 
 # ----------------------------------------------------------------------------------------------------

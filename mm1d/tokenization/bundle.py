@@ -87,8 +87,8 @@ class RegisterTokenizer(nn.Module):
             need(cfg.aux_recon_weight > 0 and cfg.aux_recon_mode == "zero_noise",
                  "rf_weight=0 trains only the one-step decoder: it needs aux_recon_weight > 0 and "
                  "aux_recon_mode='zero_noise'")
-            need(getattr(cfg, "repa_weight", 0.0) == 0 or getattr(cfg, "repa_pass", "flow") == "one_step",
-                 "REPA on the flow pass needs rf_weight > 0 (or repa_pass='one_step')")
+            need(getattr(cfg, "repa_weight", 0.0) == 0 or getattr(cfg, "repa_pass", "flow") != "flow",
+                 "REPA on the flow pass needs rf_weight > 0 (or repa_pass='one_step' or 'tokens')")
 
     def _build_layers(self, cfg: Any, register_sets: tuple[int, ...]) -> None:
         """Build FSQ, the encoder and the decoder (modules in a fixed order: weight init draws in that order).

@@ -45,7 +45,7 @@ from mm1d.tokenization.flow import (
     weighted_mse,
 )
 from mm1d.tokenization.latents import build_latent
-from mm1d.tokenization.repa import FeatureFn, build_feature_extractor, teacher_grid
+from mm1d.tokenization.repa import FeatureFn, TokenReadout, build_feature_extractor, teacher_grid
 
 BUNDLE_FORMAT = "mm1d.flextok"
 
@@ -125,11 +125,11 @@ class FlexTok(RegisterTokenizer):
         self.register_buffer(
             "groups", torch.cat([torch.zeros(p, dtype=torch.long), torch.ones(n, dtype=torch.long)]), persistent=False
         )
-        self.repa_proj = (
-            nn.Sequential(nn.Linear(dd, 2 * dd), nn.SiLU(), nn.Linear(2 * dd, cfg.repa_dim))
-            if cfg.repa_weight > 0
-            else None
-        )
+        self.repa_proj: nn.Module | None = None
+        if cfg.repa_weight > 0 and cfg.repa_pass == "tokens":
+            self.repa_proj = TokenReadout(dd, p, cfg.repa_dim, cfg.head_dim)
+        elif cfg.repa_weight > 0:
+            self.repa_proj = nn.Sequential(nn.Linear(dd, 2 * dd), nn.SiLU(), nn.Linear(2 * dd, cfg.repa_dim))
         self._teacher: FeatureFn | None = None
         self._init_weights()
 
@@ -449,7 +449,7 @@ class FlexTok(RegisterTokenizer):
             aux = weighted_mse(x0_hat, x0, weights)
             loss = loss + cfg.aux_recon_weight * aux
             metrics["aux"] = float(aux.detach())
-        if self.repa_proj is not None and feats is not None:
+        if self.repa_proj is not None:
             teacher = self._teacher_fn()
             if isinstance(teacher, nn.Module):
                 teacher.to(device)
@@ -457,7 +457,11 @@ class FlexTok(RegisterTokenizer):
                 target = teacher_grid(teacher(images), self.grid, self.grid)  # (B, P, F)
             if target.shape[-1] != cfg.repa_dim:
                 raise ValueError(f"REPA teacher gives {target.shape[-1]}-dim features, config says {cfg.repa_dim}")
-            pred = self.repa_proj(feats).float()  # (B, P, F)
+            if cfg.repa_pass == "tokens":  # the kept registers alone, never the null condition
+                reg = self.register_inputs(codes, keep, torch.zeros_like(null))  # (B, N, Dd)
+                pred = self.repa_proj(reg, ~nested_dropout_mask(keep, n)).float()  # (B, P, F)
+            else:
+                pred = self.repa_proj(feats).float()  # (B, P, F)
             cos = F.cosine_similarity(pred, target.to(pred.device), dim=-1).mean()
             loss = loss + cfg.repa_weight * (1 - cos)
             metrics["repa"] = float((1 - cos).detach())

@@ -88,6 +88,41 @@ class HFBackbone(nn.Module):
         return hidden[:, -self.grid * self.grid :]
 
 
+class TokenReadout(nn.Module):
+    """Read a teacher-feature grid out of the kept register tokens (``repa_pass: tokens``).
+
+    One learned query per patch position cross-attends to the registers that nested dropout kept, and an MLP
+    maps the result to the teacher's width. Only the codes reach it, so aligning its output trains what the
+    tokens carry, without taking capacity from the pixel decoder.
+
+    Args:
+        dim: register token width.
+        num_queries: patch positions ``P`` (the teacher grid is resized to them).
+        out_dim: teacher feature width ``F``.
+        head_dim: attention head width (``dim`` must be a multiple).
+    """
+
+    def __init__(self, dim: int, num_queries: int, out_dim: int, head_dim: int) -> None:
+        super().__init__()
+        if dim % head_dim:
+            raise ValueError(f"TokenReadout width {dim} is not a multiple of head_dim {head_dim}")
+        self.heads = dim // head_dim
+        self.queries = nn.Parameter(torch.randn(num_queries, dim) * 0.02)
+        self.norm = nn.LayerNorm(dim)
+        self.q = nn.Linear(dim, dim)
+        self.kv = nn.Linear(dim, 2 * dim)
+        self.out = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, 2 * dim), nn.SiLU(), nn.Linear(2 * dim, out_dim))
+
+    def forward(self, registers: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
+        """registers ``(B, N, D)``, kept bool ``(B, N)`` (at least one per row) -> features ``(B, P, F)``."""
+        b, n, d = registers.shape
+        h = self.heads
+        k, v = self.kv(self.norm(registers)).view(b, n, 2, h, d // h).permute(2, 0, 3, 1, 4)  # 2 x (B, H, N, hd)
+        q = self.q(self.queries).view(1, -1, h, d // h).transpose(1, 2).expand(b, -1, -1, -1)  # (B, H, P, hd)
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=kept[:, None, None, :])  # (B, H, P, hd)
+        return self.out(o.transpose(1, 2).reshape(b, -1, d) + self.queries)
+
+
 def build_feature_extractor(spec: str, dim: int, image_size: int) -> FeatureFn:
     """Build a frozen feature extractor from a config spec (see module docstring).
 
