@@ -331,6 +331,27 @@ def test_tokens_repa_reads_only_the_kept_codes() -> None:
     assert all(p.grad is None for p in model.dec_blocks.parameters())
 
 
+def test_init_from_moves_between_repa_and_plain_runs(tmp_path: Path) -> None:
+    """A REPA-trained bundle starts a plain stage 2 (its REPA head is dropped), and a plain bundle starts a
+    REPA run (the run's head is kept); the token ids are the bundle's either way."""
+    from mm1d.training.tokenizer_training import init_from_bundle
+
+    x = images(4)
+    repa = make_model(repa_weight=1.0, repa_dim=8, repa_pass="tokens").eval()
+    repa.save_pretrained(tmp_path / "repa")
+    plain = make_model(seed=1).eval()
+    init_from_bundle(plain, str(tmp_path / "repa"), x, frozen=True)
+    assert torch.equal(plain.tokenize(x), repa.tokenize(x))
+    assert not any(key.startswith("repa_proj.") for key in plain.state_dict())
+    plain.save_pretrained(tmp_path / "plain")
+    again = make_model(seed=2, repa_weight=1.0, repa_dim=8, repa_pass="flow").eval()
+    head = {k: v.clone() for k, v in again.state_dict().items() if k.startswith("repa_proj.")}
+    for ref in ("plain", "repa"):  # no head, or another kind of head: the run's own stays
+        init_from_bundle(again, str(tmp_path / ref), x, frozen=True)
+        assert head and all(torch.equal(again.state_dict()[k], v) for k, v in head.items())
+        assert torch.equal(again.tokenize(x), repa.tokenize(x))
+
+
 def test_compile_blocks_compiles_what_training_runs() -> None:
     from mm1d.training.engine import compile_in_place
 

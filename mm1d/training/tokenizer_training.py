@@ -204,6 +204,12 @@ def init_from_bundle(model: nn.Module, ref: str, probe: torch.Tensor, frozen: bo
 
     source = type(model).from_pretrained(resolve_asset(ref))
     state = source.state_dict()
+    # REPA heads only serve training: the bundle's is dropped unless the run has the same kind, else the run's
+    # own (fresh) head is kept, so stage 2 can start from a REPA-trained stage 1 and the other way round
+    own = model.state_dict()
+    state = {k: v for k, v in state.items()
+             if not k.startswith("repa_proj.") or (k in own and own[k].shape == v.shape)}
+    state.update({k: v for k, v in own.items() if k.startswith("repa_proj.") and k not in state})
     widen = source.dec_final.out is None and model.dec_final.out is not None
     if widen:  # a linear output head grows into the run's MLP head (AdaLNFinal.widen_from)
         state = {k: v for k, v in state.items() if not k.startswith("dec_final.")}
