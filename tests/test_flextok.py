@@ -301,6 +301,10 @@ def test_repa_pass_picks_the_aligned_decoder_pass(repa_pass: str) -> None:
     with pytest.raises(ValueError, match="rf_weight"):
         FlexTok(tiny_cfg(repa_weight=1.0, repa_dim=8, rf_weight=0.0, aux_recon_weight=1.0,
                          aux_recon_mode="zero_noise"))
+    # repa_layer names the decoder block of the flow and one-step passes; the tokens pass reads none
+    with pytest.raises(ValueError, match="repa_layer"):
+        FlexTok(tiny_cfg(repa_weight=1.0, repa_dim=8, repa_layer=2))
+    assert FlexTok(tiny_cfg(repa_weight=1.0, repa_dim=8, repa_layer=2, repa_pass="tokens")).repa_proj is not None
 
 
 def test_tokens_repa_reads_only_the_kept_codes() -> None:

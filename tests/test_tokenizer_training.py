@@ -5,6 +5,7 @@ written with FSQ statistics recomputed under the released weights, and the recon
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -13,8 +14,10 @@ import pytest
 import torch
 
 from mm1d.config import TrainFlexTokConfig, TrainVideoFlexTokConfig, load_config
+from mm1d.data.shapes import make_batch
 from mm1d.evaluation.reconstruction import load_tokenizer
 from mm1d.tokenization import tokenizer_class
+from mm1d.tokenization.shapes_teacher import train_shapes_teacher
 from mm1d.training.tokenizer_training import init_from_bundle, make_data, run_tokenizer_training
 from mm1d.utils import safe_torch_load
 
@@ -26,12 +29,12 @@ TINY = ["model.enc_depth=1", "model.dec_depth=1", "model.enc_dim=32", "model.dec
         "samples.steps=1"]
 
 
-def _train(kind: str, tmp_path: Path, steps: int, extra: list[str]) -> Any:
-    """Train for ``steps`` and return the run's config."""
+def _train(kind: str, tmp_path: Path, steps: int, extra: list[str], recipe: str = "") -> Any:
+    """Train ``configs/tokenizer/<recipe or the kind's tiny recipe>.yaml`` for ``steps``; returns its config."""
     if kind == "image":
-        path, schema = REPO / "configs/tokenizer/flextok_tiny.yaml", TrainFlexTokConfig
+        path, schema = REPO / f"configs/tokenizer/{recipe or 'flextok_tiny'}.yaml", TrainFlexTokConfig
     else:
-        path, schema = REPO / "configs/tokenizer/videoflextok_tiny.yaml", TrainVideoFlexTokConfig
+        path, schema = REPO / f"configs/tokenizer/{recipe or 'videoflextok_tiny'}.yaml", TrainVideoFlexTokConfig
     cfg = load_config(path, [f"out_dir={tmp_path}", f"train.max_steps={steps}", *TINY, *extra], schema=schema)
     run_tokenizer_training(cfg, kind)
     return cfg
@@ -67,6 +70,29 @@ def test_recipe_trains_and_releases_a_calibrated_bundle(kind: str, tmp_path: Pat
     assert not torch.equal(mid.fsq.running_mean, state["fsq.running_mean"])  # recomputed, not the lagging one
     with pytest.raises(FileNotFoundError, match="no checkpoint step00000007"):
         load_tokenizer(f"{out}@7", kind)
+
+
+def test_repa_recipe_aligns_the_tokens_and_releases_without_its_teacher(tmp_path: Path) -> None:
+    """flextok_tiny_repa.yaml trains the REPA term on the kept tokens; the released bundle loads after the
+    teacher is gone (it is built only to train), and the plain stage 2 starts from it with the same ids."""
+    teacher = tmp_path / "teacher"
+    train_shapes_teacher(teacher, steps=2, batch_size=8, dim=16, size=16, progress=False)
+    extra = ["model.num_registers=4", "model.image_size=16", "data.shapes.size=16", "model.repa_dim=16",
+             f"model.repa_extractor=shapes:{teacher}"]
+    _train("image", tmp_path / "run", 2, extra, recipe="flextok_tiny_repa")
+    lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    repa = [x["repa"] for x in lines if "loss" in x]
+    assert len(repa) == 2 and all(0.0 < r < 2.0 for r in repa)  # 1 - cosine, logged every step
+    shutil.rmtree(teacher)
+    tok = tokenizer_class("image").from_pretrained(tmp_path / "run" / "bundle")
+    assert tok.cfg.repa_pass == "tokens" and tok.repa_proj is not None
+    x = make_batch(0, 0, 4, "val", size=16).pixels
+    ids = tok.tokenize(x)
+    # stage 2 (the plain decoder recipe, no REPA) starts from it and keeps its ids
+    _train("image", tmp_path / "ft", 1, [*extra[:3], f"init_from={tmp_path / 'run' / 'bundle'}",
+                                         "freeze_encoder=true"], recipe="flextok_tiny_decoder")
+    ft = tokenizer_class("image").from_pretrained(tmp_path / "ft" / "bundle")
+    assert ft.repa_proj is None and torch.equal(ft.tokenize(x), ids)
 
 
 @pytest.mark.parametrize("kind", ["image", "video"])

@@ -139,7 +139,8 @@ class FlexTok(RegisterTokenizer):
         cls._validate_shared(cfg)
         if cfg.repa_weight > 0:
             cls._need(cfg.repa_dim > 0, "repa_weight > 0 needs repa_dim (teacher feature width)")
-            cls._need(0 <= cfg.repa_layer < cfg.dec_depth, "repa_layer must index a decoder block")
+            cls._need(cfg.repa_pass == "tokens" or 0 <= cfg.repa_layer < cfg.dec_depth,
+                      "repa_layer must index a decoder block")  # the tokens pass reads no decoder block
             if cfg.repa_pass == "one_step":
                 cls._need(cfg.aux_recon_weight > 0 and cfg.aux_recon_mode == "zero_noise",
                           "repa_pass='one_step' aligns the zero-input pass: it needs aux_recon_weight > 0 and "
