@@ -263,7 +263,8 @@ def test_eval_t2i_end_to_end(assets: SimpleNamespace, tmp_path: Path) -> None:
     assert r["summary"]["auto"]["fid"] >= 0 and 1 <= r["summary"]["auto"]["mean_budget"] <= 8
     s = r["settings"]
     assert s["sampler"]["cfg_scale"] == 2.5 and s["sampler"]["top_k"] == 50 and s["seed"] == 7
-    assert s["sampler"]["temperature"] == 1.0 and s["budgets_run"] == ["k2", "auto"] and s["num_samples"] == 2
+    assert s["sampler"]["temperature"] == GenerationConfig().image.temperature == 0.7  # the image preset
+    assert s["budgets_run"] == ["k2", "auto"] and s["num_samples"] == 2
     assert s["sampler"]["rerank"] == 0 and "best of" not in r["title"]  # the image preset draws one candidate
     for label in ("k2", "auto"):  # GenEval layout: <index:05d>/metadata.jsonl + samples/<i:04d>.png
         folders = sorted((gen / label).iterdir())
