@@ -20,12 +20,15 @@ lint: setup
 
 # Reproduce the shipped tiny tokenizers from scratch, then pack them into mm1d/assets/. One after the other on
 # the 2-core CPU: the image tokenizer on both cores (about 55 min), its decoder tuned on the frozen codes
-# (stage 2, about 31 min), then the video tokenizer (about 54 min on one core), its decoder stage (about 25 min)
-# and two runs of its MLP output head (stage 3, about 25 min each).
+# (stage 2, about 31 min) and then on every colour+shape pair (stage 3, about 8 min), then the video tokenizer
+# (about 54 min on one core), its decoder stage (about 25 min) and two runs of its MLP output head (stage 3,
+# about 25 min each).
 tokenizers: setup
 	$(PY) tokenizers/train_flextok.py --config configs/tokenizer/flextok_tiny.yaml out_dir=$(RUN)/flextok
 	$(PY) tokenizers/train_flextok.py --config configs/tokenizer/flextok_tiny_decoder.yaml \
 		init_from=$(RUN)/flextok/bundle out_dir=$(RUN)/flextok_decoder
+	$(PY) tokenizers/train_flextok.py --config configs/tokenizer/flextok_tiny_decoder_world.yaml \
+		init_from=$(RUN)/flextok_decoder/bundle out_dir=$(RUN)/flextok_world
 	$(PY) tokenizers/train_videoflextok.py --config configs/tokenizer/videoflextok_tiny.yaml out_dir=$(RUN)/videoflextok
 	$(PY) tokenizers/train_videoflextok.py --config configs/tokenizer/videoflextok_tiny_decoder.yaml \
 		init_from=$(RUN)/videoflextok/bundle out_dir=$(RUN)/videoflextok_decoder
@@ -33,5 +36,5 @@ tokenizers: setup
 		init_from=$(RUN)/videoflextok_decoder/bundle out_dir=$(RUN)/videoflextok_head
 	$(PY) tokenizers/train_videoflextok.py --config configs/tokenizer/videoflextok_tiny_head.yaml \
 		init_from=$(RUN)/videoflextok_head/bundle out_dir=$(RUN)/videoflextok_head2
-	$(PY) scripts/pack_asset.py $(RUN)/flextok_decoder/bundle flextok-shapes-tiny
+	$(PY) scripts/pack_asset.py $(RUN)/flextok_world/bundle flextok-shapes-tiny
 	$(PY) scripts/pack_asset.py $(RUN)/videoflextok_head2/bundle videoflextok-shapes-tiny

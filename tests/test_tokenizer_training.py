@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 import torch
 
-from mm1d.config import TrainFlexTokConfig, TrainVideoFlexTokConfig, load_config
-from mm1d.data.shapes import make_batch
+from mm1d.config import ShapesConfig, TrainFlexTokConfig, TrainVideoFlexTokConfig, load_config
+from mm1d.data.shapes import make_batch, parse_holdout
 from mm1d.evaluation.reconstruction import load_tokenizer
 from mm1d.tokenization import tokenizer_class
 from mm1d.tokenization.shapes_teacher import train_shapes_teacher
@@ -70,6 +70,28 @@ def test_recipe_trains_and_releases_a_calibrated_bundle(kind: str, tmp_path: Pat
     assert not torch.equal(mid.fsq.running_mean, state["fsq.running_mean"])  # recomputed, not the lagging one
     with pytest.raises(FileNotFoundError, match="no checkpoint step00000007"):
         load_tokenizer(f"{out}@7", kind)
+
+
+def test_world_decoder_stage_renders_every_pair_and_keeps_the_ids(tmp_path: Path) -> None:
+    """flextok_tiny_decoder_world.yaml (stage 3): the decoder trains on every colour+shape pair, held-out ones
+    included, while the frozen encoder keeps the ids of the bundle it starts from."""
+    extra = ["model.num_registers=4", "model.image_size=16", "data.shapes.size=16"]
+    _train("image", tmp_path / "base", 2, extra)
+    base = tokenizer_class("image").from_pretrained(tmp_path / "base" / "bundle")
+    cfg = _train("image", tmp_path / "world", 2, [*extra, f"init_from={tmp_path / 'base' / 'bundle'}", "seed=1"],
+                 recipe="flextok_tiny_decoder_world")
+    assert cfg.freeze_encoder and cfg.data.shapes.holdout == []
+    held = parse_holdout(ShapesConfig().holdout)
+
+    def pairs(shapes: ShapesConfig) -> set[tuple[str, str]]:
+        return {(o["colour"], o["shape"]) for a in make_batch(0, 0, 256, "train", cfg=shapes).attrs
+                for o in a["objects"]}
+
+    assert pairs(cfg.data.shapes) & held and not pairs(ShapesConfig()) & held  # the default train split: none
+    world = tokenizer_class("image").from_pretrained(tmp_path / "world" / "bundle")
+    x = make_batch(3, 0, 8, "holdout", size=16).pixels
+    assert torch.equal(world.tokenize(x), base.tokenize(x))
+    assert not torch.equal(world.autoencode(x, 4), base.autoencode(x, 4))  # the decoder trained
 
 
 def test_repa_recipe_aligns_the_tokens_and_releases_without_its_teacher(tmp_path: Path) -> None:
