@@ -2,9 +2,11 @@
 
     python eval/probe_tokens.py --tokenizer BUNDLE --budgets 1,2,4,8,16,32 --out DIR
         [--modality image|video] [--num-train 24000] [--num-val 2048] [--epochs 30] [--seed 0]
+        [--score-split val|holdout]
 
 BUNDLE may also be RUN_DIR@STEP (a training run's checkpoint, as in eval_reconstruction.py). The probe trains
-on single-object ShapesWorld train samples rendered on the fly and is scored on val samples: per-attribute
+on single-object ShapesWorld train samples rendered on the fly and is scored on val samples (or, with
+``--score-split holdout``, on the colour+shape pairs the train split never draws): per-attribute
 accuracy (shape, colour, size, and position for images or motion for videos) and ``all``. Compare it with the
 judge on reconstructions (eval_reconstruction.py): where the probe is right and the reconstruction wrong,
 the decoder is what fails, not the tokens.
@@ -34,7 +36,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--budgets", type=comma_ints, default=[1, 2, 4, 8, 16, 32], help="comma-separated k values")
     p.add_argument("--num-train", type=int, default=24000,
                    help="train samples drawn (images: about half have one object)")
-    p.add_argument("--num-val", type=int, default=2048, help="val samples drawn")
+    p.add_argument("--num-val", type=int, default=2048, help="scored samples drawn")
+    p.add_argument("--score-split", choices=("val", "holdout"), default="val",
+                   help="score on val samples, or on held-out colour+shape pairs the probe never trained on")
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--hidden", type=int, default=512, help="probe MLP width")
     p.add_argument("--seed", type=int, default=0)
@@ -48,7 +52,7 @@ def main(argv: list[str] | None = None) -> None:
             raise ValueError("--num-train, --num-val and --epochs must be >= 1")
         tok = load_tokenizer(a.tokenizer, a.modality)
         out = run_probe(tok, a.modality, a.budgets, a.num_train, a.num_val, a.seed, a.epochs, a.hidden,
-                        progress=not a.no_progress)
+                        progress=not a.no_progress, score_split=a.score_split)
     except (FileNotFoundError, ValueError) as e:
         p.exit(2, f"probe_tokens.py: error: {e}\n")
     settings = {**vars(a), "num_train_kept": out["num_train"], "num_val_kept": out["num_val"]}

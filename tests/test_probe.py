@@ -10,7 +10,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from mm1d.data.shapes import COLOURS, POSITIONS, SHAPES, SIZES
+from mm1d.config import ShapesConfig
+from mm1d.data.shapes import COLOURS, POSITIONS, SHAPES, SIZES, parse_holdout
 from mm1d.evaluation.judge import judge_image
 from mm1d.evaluation.probe import run_probe, single_object_samples
 from mm1d.tokenization.fsq import FSQ
@@ -56,6 +57,31 @@ def test_probe_reads_an_oracle_and_not_a_constant(tmp_path: Path) -> None:
         run_probe(OracleTokenizer(), "image", [3], **kw)
     with pytest.raises(ValueError, match="kind"):
         run_probe(OracleTokenizer(), "audio", [1], **kw)
+
+
+class RecordingOracle(OracleTokenizer):
+    """The oracle, remembering the colour+shape pairs of every image it tokenized, call by call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[set[tuple[str, str]]] = []
+
+    def tokenize(self, x: torch.Tensor, k: int | None = None) -> torch.Tensor:
+        self.calls.append({(o["colour"], o["shape"]) for img in x for o in judge_image(img)["objects"]})
+        return super().tokenize(x, k)
+
+
+@pytest.mark.parametrize("split", ["val", "holdout"])
+def test_probe_scores_on_the_chosen_split(split: str) -> None:
+    """score_split='holdout' scores on the held-out colour+shape pairs only; training stays on the train split."""
+    tok = RecordingOracle()
+    run_probe(tok, "image", [1], num_train=200, num_val=60, epochs=1, hidden=16, progress=False, score_split=split)
+    held = parse_holdout(ShapesConfig().holdout)
+    trained, scored = tok.calls[0], tok.calls[-1]  # token_features runs on the train set, then the scored set
+    assert trained and not trained & held
+    assert scored and (scored <= held if split == "holdout" else not scored & held)
+    with pytest.raises(ValueError, match="score_split"):
+        run_probe(tok, "image", [1], num_train=200, num_val=60, epochs=1, progress=False, score_split="train")
 
 
 def test_cli_writes_results(tmp_path: Path) -> None:

@@ -121,8 +121,8 @@ def probe_accuracy(net: nn.Module, x: torch.Tensor, y: torch.Tensor, names: list
 
 def run_probe(tok: Any, kind: str, budgets: list[int], num_train: int = 24000, num_val: int = 2048,
               seed: int = 0, epochs: int = 30, hidden: int = 512, frames: int | None = None,
-              progress: bool = True, lr: float = 1e-3) -> dict[str, Any]:
-    """Probe a tokenizer at each budget: train on ShapesWorld train samples, score on val samples.
+              progress: bool = True, lr: float = 1e-3, score_split: str = "val") -> dict[str, Any]:
+    """Probe a tokenizer at each budget: train on ShapesWorld train samples, score on ``score_split`` samples.
 
     Args:
         tok: FlexTok (``kind="image"``) or VideoFlexTok (``kind="video"``).
@@ -130,12 +130,16 @@ def run_probe(tok: Any, kind: str, budgets: list[int], num_train: int = 24000, n
         num_train / num_val: samples drawn per split (images keep their single-object share, about half).
         frames: frames per video (default: the tokenizer's ``chunk_frames``).
         lr: the probe's peak learning rate (one-cycle schedule).
+        score_split: ``"val"`` (the train split's colour+shape pairs) or ``"holdout"`` (the pairs the train split
+            never draws: can a reader of seen pairs read the tokens of an unseen pair?).
 
     Returns:
         ``{"budgets": [...], "metrics": {str(k): {attr: acc, ..., "all": acc}}, "num_train", "num_val"}``.
     """
     if kind not in PROBE_CLASSES:
         raise ValueError(f"kind must be 'image' or 'video', got {kind!r}")
+    if score_split not in ("val", "holdout"):
+        raise ValueError(f"score_split must be 'val' or 'holdout', got {score_split!r}")
     for k in budgets:
         if not 1 <= k <= tok.num_registers:
             raise ValueError(f"budget {k} is outside [1, {tok.num_registers}] for this tokenizer")
@@ -143,7 +147,7 @@ def run_probe(tok: Any, kind: str, budgets: list[int], num_train: int = 24000, n
     if kind == "video" and frames is None:
         frames = tok.cfg.chunk_frames
     xtr, ytr = single_object_samples(seed + 7, num_train, "train", kind, size, frames)
-    xva, yva = single_object_samples(seed + 123, num_val, "val", kind, size, frames)
+    xva, yva = single_object_samples(seed + 123, num_val, score_split, kind, size, frames)
     names = list(PROBE_CLASSES[kind])
     num_classes = [len(v) for v in PROBE_CLASSES[kind].values()]
     metrics = {}
