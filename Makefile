@@ -20,7 +20,7 @@ lint: setup
 
 # Reproduce the shipped tiny tokenizers from scratch, then pack them into mm1d/assets/. One after the other on
 # the 2-core CPU: the image tokenizer on both cores (about 55 min), its decoder tuned on the frozen codes
-# (stage 2, about 31 min) and then on every colour+shape pair (stage 3, about 8 min), then the video tokenizer
+# (stage 2, about 31 min) and then on every colour+shape pair (stage 3, about 9 min), then the video tokenizer
 # (about 54 min on one core), its decoder stage (about 25 min) and two runs of its MLP output head (stage 3,
 # about 25 min each).
 tokenizers: setup
