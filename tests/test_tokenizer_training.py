@@ -99,8 +99,8 @@ def test_repa_recipe_aligns_the_tokens_and_releases_without_its_teacher(tmp_path
     teacher is gone (it is built only to train), and the plain stage 2 starts from it with the same ids."""
     teacher = tmp_path / "teacher"
     train_shapes_teacher(teacher, steps=2, batch_size=8, dim=16, size=16, progress=False)
-    extra = ["model.num_registers=4", "model.image_size=16", "data.shapes.size=16", "model.repa_dim=16",
-             f"model.repa_extractor=shapes:{teacher}"]
+    small = ["model.num_registers=4", "model.image_size=16", "data.shapes.size=16"]
+    extra = [*small, "model.repa_dim=16", f"model.repa_extractor=shapes:{teacher}"]
     _train("image", tmp_path / "run", 2, extra, recipe="flextok_tiny_repa")
     lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     repa = [x["repa"] for x in lines if "loss" in x]
@@ -111,8 +111,8 @@ def test_repa_recipe_aligns_the_tokens_and_releases_without_its_teacher(tmp_path
     x = make_batch(0, 0, 4, "val", size=16).pixels
     ids = tok.tokenize(x)
     # stage 2 (the plain decoder recipe, no REPA) starts from it and keeps its ids
-    _train("image", tmp_path / "ft", 1, [*extra[:3], f"init_from={tmp_path / 'run' / 'bundle'}",
-                                         "freeze_encoder=true"], recipe="flextok_tiny_decoder")
+    _train("image", tmp_path / "ft", 1, [*small, f"init_from={tmp_path / 'run' / 'bundle'}", "freeze_encoder=true"],
+           recipe="flextok_tiny_decoder")
     ft = tokenizer_class("image").from_pretrained(tmp_path / "ft" / "bundle")
     assert ft.repa_proj is None and torch.equal(ft.tokenize(x), ids)
 

@@ -44,14 +44,18 @@ class SamplerPreset:
     refine_edit_weight: float = 0.5
 
 
+def _visual_preset() -> SamplerPreset:
+    """Images and videos: temperature 0.7 with CFG 3 over all codes (ShapesBench, 256 prompts: t2i 0.62 -> 0.68
+    at k = 32 over three seeds, t2v motion + colour 0.84 -> 0.89 at k = 8; BENCHMARKS.md, main job round 18)."""
+    return SamplerPreset(temperature=0.7, top_k=4096, cfg_scale=3.0)
+
+
 @dataclass
 class GenerationConfig:
     """Everything ``mm1d.generate`` does not take as an argument. A bundle may carry ``generation.json``."""
 
-    # images and videos: temperature 0.7 with CFG 3 (ShapesBench, 256 prompts: t2i 0.62 -> 0.68 at k = 32 over
-    # three seeds, t2v motion + colour 0.84 -> 0.89 at k = 8; BENCHMARKS.md, main job round 18)
-    image: SamplerPreset = field(default_factory=lambda: SamplerPreset(temperature=0.7, top_k=4096, cfg_scale=3.0))
-    video: SamplerPreset = field(default_factory=lambda: SamplerPreset(temperature=0.7, top_k=4096, cfg_scale=3.0))
+    image: SamplerPreset = field(default_factory=lambda: _visual_preset())
+    video: SamplerPreset = field(default_factory=lambda: _visual_preset())
     # captions: greedy, then reranked against 16 draws at temperature 0.7 (BENCHMARKS.md, main job round 7)
     text: SamplerPreset = field(default_factory=lambda: SamplerPreset(
         temperature=0.0, cfg_scale=1.0, rerank=16, rerank_weight=1.0, rerank_temperature=0.7))
