@@ -52,12 +52,13 @@ def killing(at_call: int):
     return fn
 
 
-def run(out: Path, steps: int, backend: str = "torch", fn=loss_fn, max_nonfinite: int = 5, ema: float = 0.0):
+def run(out: Path, steps: int, backend: str = "torch", fn=loss_fn, max_nonfinite: int = 5, ema: float = 0.0,
+        eval_fn=None, eval_every: int = 0):
     torch.manual_seed(0)
     trainer = Trainer(
         Toy(),
         train=TrainConfig(max_steps=steps, batch_size=4, log_every=1, save_every=3, keep_last=2,
-                          max_nonfinite=max_nonfinite, ema_decay=ema),
+                          max_nonfinite=max_nonfinite, ema_decay=ema, eval_every=eval_every),
         optim=OptimConfig(lr=1e-2, warmup_steps=2),
         engine=EngineConfig(backend=backend),
         tracking=TrackingConfig(),
@@ -65,6 +66,7 @@ def run(out: Path, steps: int, backend: str = "torch", fn=loss_fn, max_nonfinite
         seed=0,
         loss_fn=fn,
         data=IndexedBatches(make_batch),
+        eval_fn=eval_fn,
     )
     return trainer, trainer.fit()
 
@@ -79,6 +81,20 @@ def test_lr_schedule_warmup_then_cosine() -> None:
     assert fn(10) == pytest.approx(1.0)
     assert fn(60) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5)))
     assert fn(110) == pytest.approx(0.1)
+
+
+def test_eval_runs_every_eval_every_steps_and_at_the_last_step(tmp_path: Path) -> None:
+    """The final model always gets an eval row, also when max_steps is not a multiple of eval_every."""
+    probe = make_batch(10_000)
+
+    def eval_fn(model: nn.Module) -> dict[str, float]:
+        return {"loss": float(((model(probe["x"]) - probe["y"]) ** 2).mean())}
+
+    trainer, _ = run(tmp_path, 7, eval_fn=eval_fn, eval_every=3)
+    rows = [r for r in read_metrics(tmp_path / "metrics.jsonl") if "eval/loss" in r]
+    assert [r["step"] for r in rows] == [3, 6, 7]
+    trainer.engine.module.train(False)  # the trainer evaluates without dropout
+    assert rows[-1]["eval/loss"] == pytest.approx(eval_fn(trainer.engine.module)["loss"])
 
 
 @pytest.mark.parametrize("ema", [0.0, 0.9])

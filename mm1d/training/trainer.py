@@ -125,7 +125,7 @@ class Trainer:
         loss_fn: ``(module, batch) -> (scalar loss, metrics)``; a ``"tokens"`` metric drives tokens/s.
         data: a DataSource on this rank.
         out_dir: run directory (``checkpoints/``, ``metrics.jsonl``, ``bundle/``, samples).
-        eval_fn: ``(module) -> metrics``, every ``eval_every`` steps, on every rank.
+        eval_fn: ``(module) -> metrics``, every ``eval_every`` steps and at the last step, on every rank.
         sample_fn: ``(module, step) -> None``, every ``sample_every`` steps, on every rank.
         bundle_fn: ``(weights, path) -> None`` writes the release bundle from full fp32 weights (rank 0).
         run_config: the resolved config, written to ``out_dir/config.json``, stored in checkpoints and
@@ -264,7 +264,8 @@ class Trainer:
                     self.state.history.append(logged["loss"])
                     bar.set_postfix(loss=f"{logged['loss']:.4f}", tok_s=f"{logged['tok_per_s']:.0f}")
                     acc, acc_n, t0, tok0 = {}, 0, time.time(), self.state.tokens
-                if self.eval_fn is not None and cfg.eval_every > 0 and step % cfg.eval_every == 0:
+                if self.eval_fn is not None and cfg.eval_every > 0 and (step % cfg.eval_every == 0
+                                                                        or step == cfg.max_steps):
                     eng.train(False)
                     with torch.no_grad(), eng.autocast():
                         self.tracker.log({f"eval/{k}": v for k, v in self.eval_fn(eng.module).items()}, step)
