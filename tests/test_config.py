@@ -139,9 +139,9 @@ def test_a_partial_section_keeps_its_fields_own_defaults(tmp_path: Path) -> None
 
     base = tmp_path / "g.yaml"
     base.write_text("{}")
-    text = load_config(base, ["text.refine=2"], GenerationConfig).text
-    assert text == SamplerPreset(**{**to_dict(GenerationConfig().text), "refine": 2})
-    assert text.temperature == 0.0 and text.rerank == 16 and SamplerPreset().rerank == 0
+    text = load_config(base, ["text.refine=3"], GenerationConfig).text
+    assert text == SamplerPreset(**{**to_dict(GenerationConfig().text), "refine": 3})
+    assert text.temperature == 0.0 and text.rerank == 16 and text.refine_weight == 2.0 and SamplerPreset().rerank == 0
     video = from_dict(GenerationConfig, {"video": {"rerank": 7}}).video
     assert video.top_k == GenerationConfig().video.top_k == 4096 and video.rerank == 7
 

@@ -308,7 +308,8 @@ def test_eval_caption_end_to_end(assets: SimpleNamespace, tmp_path: Path) -> Non
     assert r["kind"] == "caption-image-shapes" and r["settings"]["caption_tokenization"] == "python"
     assert {"seen/all", "heldout/shape", "seen/cider", "seen/bleu_4", "ceiling/seen/all"} <= set(r["metrics"]["2"])
     assert r["settings"]["sampler"] == {"temperature": 0.0, "top_k": 0, "top_p": 1.0, "max_new_tokens": 6,
-                                        "rerank": 16, "rerank_weight": 1.0, "rerank_temperature": 0.7, "refine": 0,
+                                        "rerank": 16, "rerank_weight": 1.0, "rerank_temperature": 0.7, "refine": 2,
+                                        "refine_alternatives": 3, "refine_weight": 2.0, "refine_edit_weight": 0.5,
                                         "cfg_scale": 1.0, "decoder_steps": 2, "decoder_guidance": 1.0}
     assert 1 <= r["summary"]["auto"]["mean_budget"] <= 8
 

@@ -160,17 +160,19 @@ def test_sampler_logprobs_equal_the_captioning_direction_of_what_it_drew(pipe: i
 
 
 def test_caption_rerank_keeps_the_best_candidate(pipe: inference.Pipeline) -> None:
+    """Reranking alone (refine=0; the preset then refines, tested below)."""
     imgs = [torch.rand(3, 16, 16, generator=torch.Generator().manual_seed(s)) * 2 - 1 for s in (0, 1)]
     r, seed = 3, 7
-    res = pipe.generate(None, "text", images=imgs, budget=4, max_new_tokens=6, seed=seed, rerank=r)
+    res = pipe.generate(None, "text", images=imgs, budget=4, max_new_tokens=6, seed=seed, rerank=r, refine=0)
     assert res.metadata["rerank"] == r
     codes = [c[:4].numpy() for c in pipe.image.tokenize(torch.stack(imgs))]
     temp = pipe.config.text.rerank_temperature
     for b in range(2):
-        greedy = pipe.generate(None, "text", images=[imgs[b]], budget=4, max_new_tokens=6, seed=seed + b, rerank=0)
+        greedy = pipe.generate(None, "text", images=[imgs[b]], budget=4, max_new_tokens=6, seed=seed + b, rerank=0,
+                               refine=0)
         cands = [greedy.tokens[0].numpy()]
         for j in range(r):  # candidate j of row b is drawn with seed (seed + b) * (r + 1) + j + 1
-            d = pipe.generate(None, "text", images=[imgs[b]], budget=4, max_new_tokens=6, rerank=0,
+            d = pipe.generate(None, "text", images=[imgs[b]], budget=4, max_new_tokens=6, rerank=0, refine=0,
                               temperature=temp, seed=(seed + b) * (r + 1) + j + 1)
             cands.append(d.tokens[0].numpy())
         cands = [c for c in cands if len(c)]
@@ -179,7 +181,7 @@ def test_caption_rerank_keeps_the_best_candidate(pipe: inference.Pipeline) -> No
         best = int(torch.argmax(scores))
         assert res.tokens[b].tolist() == cands[best].tolist()
         assert res.metadata["rerank_scores"][b] == pytest.approx(scores[best].item(), abs=1e-4)
-    plain = pipe.generate(None, "text", images=imgs, budget=4, max_new_tokens=6, seed=seed, rerank=0)
+    plain = pipe.generate(None, "text", images=imgs, budget=4, max_new_tokens=6, seed=seed, rerank=0, refine=0)
     assert "rerank" not in plain.metadata
     with pytest.raises(ValueError, match="non-negative"):
         pipe.generate(None, "text", images=imgs, rerank=-1)
@@ -285,8 +287,11 @@ def test_refine_captions_applies_the_best_single_token_edit(pipe: inference.Pipe
 def test_caption_refine_edits_the_reranked_caption(pipe: inference.Pipeline) -> None:
     imgs = [torch.rand(3, 16, 16, generator=torch.Generator().manual_seed(s)) * 2 - 1 for s in (2, 3)]
     kw = dict(budget=4, max_new_tokens=6, seed=5, rerank=2)
-    base = pipe.generate(None, "text", images=imgs, **kw)
+    base = pipe.generate(None, "text", images=imgs, refine=0, **kw)
     res = pipe.generate(None, "text", images=imgs, refine=2, **kw)
+    assert pipe.config.text.refine == 2  # the caption preset refines: no argument gives the same captions
+    preset = pipe.generate(None, "text", images=imgs, **kw)
+    assert [c.tolist() for c in preset.tokens] == [c.tolist() for c in res.tokens]
     codes = [c[:4].numpy() for c in pipe.image.tokenize(torch.stack(imgs))]
     t = pipe.config.text
     want, edits = refine_captions(pipe.model, pipe.vocab, "i2t", codes, [c.numpy() for c in base.tokens], rounds=2,
