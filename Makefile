@@ -21,9 +21,8 @@ lint: setup
 # Reproduce the shipped tiny tokenizers from scratch, then pack them into mm1d/assets/. One after the other on
 # the 2-core CPU: the ShapesWorld teacher for REPA (about 6 min), the image tokenizer with REPA on its tokens
 # on both cores (about 51 min), its decoder tuned on the frozen codes (stage 2, about 27 min) and then on every
-# colour+shape pair (stage 3, about 9 min), then the video tokenizer
-# (about 54 min on one core), its decoder stage (about 25 min) and two runs of its MLP output head (stage 3,
-# about 25 min each).
+# colour+shape pair (stage 3, about 9 min), then the video tokenizer (about 54 min on one core), its decoder
+# stage (about 25 min) and two runs of its MLP output head (stage 3, about 25 min each).
 tokenizers: setup
 	$(PY) -m mm1d.tokenization.shapes_teacher --out $(RUN)/shapes_teacher --steps 3000
 	$(PY) tokenizers/train_flextok.py --config configs/tokenizer/flextok_tiny_repa.yaml out_dir=$(RUN)/flextok \
