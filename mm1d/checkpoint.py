@@ -7,6 +7,8 @@ A release bundle is a directory that loads without DeepSpeed or Hydra::
       text/text.model                    the SentencePiece model
       image/                             the FlexTok bundle (when the model was trained with images)
       video/                             the VideoFlexTok bundle (when trained with videos)
+      tokenizers.json                    ``asset:NAME`` references to shipped tokenizers (instead of image/, video/)
+      generation.json                    the generation presets (the pretraining config's ``generation`` section)
 
 It is written into a temporary sibling directory and renamed into place, so a crash never leaves a
 half-written bundle. Training checkpoints (DeepSpeed format) live in ``mm1d.training.engine``.
@@ -31,6 +33,7 @@ from mm1d.model.transformer import Transformer
 from mm1d.tokenization.text import MODEL_FILENAME, text_model_path
 
 REFS_FILE = "tokenizers.json"
+GENERATION_FILE = "generation.json"  # the generation presets (mm1d.config.GenerationConfig)
 ASSETS = Path(__file__).resolve().parent / "assets"
 
 
@@ -81,6 +84,7 @@ def save_release_bundle(out_dir: str | Path, weights: dict[str, torch.Tensor], c
                 shutil.copytree(src_dir, tmp / name)
         if refs:
             (tmp / REFS_FILE).write_text(json.dumps(refs, indent=2))
+        (tmp / GENERATION_FILE).write_text(json.dumps(to_dict(cfg.generation), indent=2))
         if out.exists():
             old = out.with_name(f".{out.name}.old")
             shutil.rmtree(old, ignore_errors=True)

@@ -67,21 +67,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _config(args: argparse.Namespace) -> Any:
+    from mm1d.checkpoint import GENERATION_FILE
     from mm1d.config import GenerationConfig, from_dict, load_config
+    from mm1d.inference import DEFAULT_BUNDLE
 
     if args.config is not None:
         return load_config(args.config, args.overrides, GenerationConfig)
+    bundle_cfg = Path(args.bundle or DEFAULT_BUNDLE) / GENERATION_FILE  # the presets the bundle carries
     if args.overrides:
         import tempfile
 
         with tempfile.TemporaryDirectory() as d:
             base = Path(d) / "generation.yaml"
-            bundle_cfg = Path(args.bundle or "") / "generation.json"
-            data = json.loads(bundle_cfg.read_text()) if args.bundle and bundle_cfg.is_file() else {}
-            base.write_text(json.dumps(data))  # JSON is YAML
+            base.write_text(bundle_cfg.read_text() if bundle_cfg.is_file() else "{}")  # JSON is YAML
             return load_config(base, args.overrides, GenerationConfig)
-    if args.bundle and (Path(args.bundle) / "generation.json").is_file():
-        return from_dict(GenerationConfig, json.loads((Path(args.bundle) / "generation.json").read_text()))
+    if bundle_cfg.is_file():
+        return from_dict(GenerationConfig, json.loads(bundle_cfg.read_text()))
     return None
 
 

@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from mm1d.checkpoint import load_release_bundle
+from mm1d.checkpoint import GENERATION_FILE, load_release_bundle
 from mm1d.config import GenerationConfig, SamplerPreset, from_dict
 from mm1d.modality import Vocab, check_modality
 from mm1d.sampling import (
@@ -56,7 +56,6 @@ __all__ = ["load", "generate", "Pipeline", "GenerationResult", "Preview", "DEFAU
 
 DEFAULT_BUNDLE = Path(__file__).resolve().parent / "assets" / "shapes-tiny"
 DEFAULT_BUNDLE_COMMAND = "bash scripts/main_job.sh"
-GENERATION_FILE = "generation.json"
 Budget = int | str
 
 
@@ -425,9 +424,10 @@ class Pipeline:
             image_cfg_scale: first-frame guidance scale for text-image-to-video.
             max_new_tokens: caption length limit.
             callback: receives each ``Preview`` (and each finished video chunk).
-            rerank: also draw this many candidates per sample and keep the best (0 off, None: preset).
-                Captions: by ``log p(caption | input) + w log p(input | caption)`` (``mm1d.scoring``). Images
-                and videos: by ``log p(prompt | candidate)``, the model captioning each decoded candidate
+            rerank: also draw this many candidates per sample and keep the best (0 off, None: preset; a
+                preset's rerank is skipped for unconditional samples and with ``preview_every``). Captions:
+                by ``log p(caption | input) + w log p(input | caption)`` (``mm1d.scoring``). Images and
+                videos: by ``log p(prompt | candidate)``, the model captioning each decoded candidate
                 after tokenizing it again (needs a prompt; ``generation_tasks.best_of_visual``).
             refine: captions only: at most this many single-token edits of each kept caption, each one
                 raising ``log p(caption | input)`` (edited token down-weighted) + w ``log p(input | caption)``
@@ -465,6 +465,11 @@ class Pipeline:
         if refine:
             raise ValueError("refine edits captions (modality='text'); images and videos take rerank=")
         opts["rerank"] = preset.rerank if rerank is None else rerank
+        if rerank is None and opts["rerank"] and (previews or prompt is None
+                                                  or (not isinstance(prompt, str) and None in list(prompt))):
+            # a preset's best of N needs a prompt to score each candidate against and cannot preview them all:
+            # such calls draw once (an explicit rerank= still raises)
+            opts["rerank"] = 0
         if modality == "image":
             if imgs is not None or vids is not None:
                 raise ValueError("modality='image' takes no images=/videos=; caption them with modality='text', "

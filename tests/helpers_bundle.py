@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -35,10 +36,12 @@ def _perturb(model: torch.nn.Module, prefixes: tuple[str, ...]) -> None:
                 prm.normal_(0, 0.02)
 
 
-def build_tiny_bundle(root: Path, video: bool = True, seed: int = 0, grouped: bool = False) -> Path:
+def build_tiny_bundle(root: Path, video: bool = True, seed: int = 0, grouped: bool = False,
+                      generation: Any = None) -> Path:
     """Write tokenizers and a random release bundle under ``root``; returns ``root / "bundle"``.
 
     ``grouped``: the model normalizes each next token within its id group (``model.grouped_softmax``).
+    ``generation``: the pretraining config's ``generation`` section (a ``GenerationConfig``; None: defaults).
 
     Images are 16x16 with 8 FlexTok tokens; videos 16x16 with 4 tokens per time step (chunks of 9 frames);
     the vocabulary has 8 budget tokens and 6 time steps; the model's context is 200 tokens.
@@ -80,5 +83,8 @@ def build_tiny_bundle(root: Path, video: bool = True, seed: int = 0, grouped: bo
     mcfg = ModelConfig(d_model=32, n_layers=2, n_heads=2, n_kv_heads=1, ffn_hidden=64, max_seq_len=200,
                        grouped_softmax=grouped)
     model = Transformer(mcfg, Vocab.from_config(vocab).size, Vocab.from_config(vocab).softmax_groups())
-    save_release_bundle(root / "bundle", model.state_dict(), PretrainConfig(model=mcfg, vocab=vocab, tokenizers=paths))
+    cfg = PretrainConfig(model=mcfg, vocab=vocab, tokenizers=paths)
+    if generation is not None:
+        cfg.generation = generation
+    save_release_bundle(root / "bundle", model.state_dict(), cfg)
     return root / "bundle"

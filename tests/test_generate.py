@@ -218,3 +218,38 @@ def test_generation_config_from_bundle(bundle: Path, tmp_path: Path) -> None:
     cfg.image.budget = 3
     (copy / "generation.json").write_text(json.dumps(to_dict(cfg)))
     assert mm1d.load(copy).generate("a red circle", seed=0).budgets == [3]
+
+
+def test_release_bundle_carries_the_pretraining_configs_presets(tmp_path: Path) -> None:
+    """The pretraining config's ``generation`` section becomes the bundle's generation.json, which
+    ``mm1d.load`` and the CLI use: here best of 4 at budget 5 for images."""
+    from mm1d.cli import _config, build_parser
+    from mm1d.config import PretrainConfig, from_dict, load_config
+
+    y = tmp_path / "pretrain.yaml"
+    y.write_text("generation:\n  image: {rerank: 3, budget: 5}\n")
+    gen = load_config(y, [], PretrainConfig).generation
+    # a partial section keeps the image preset's other defaults (temperature 0.7 and CFG, not SamplerPreset's)
+    assert gen.image.rerank == 3 and gen.image.budget == 5
+    assert gen.image.temperature == GenerationConfig().image.temperature != 1.0
+    b = build_tiny_bundle(tmp_path / "t", video=False, generation=gen)
+    assert from_dict(GenerationConfig, json.loads((b / "generation.json").read_text())) == gen
+    out = mm1d.load(b).generate("a red circle", seed=0, decoder_steps=1)
+    assert out.budgets == [5]
+    plain = mm1d.load(b, config=GenerationConfig())  # the library defaults: one draw at the tokenizer's N
+    assert plain.generate("a red circle", seed=0, decoder_steps=1).budgets == [8]
+    best = plain.generate("a red circle", seed=0, decoder_steps=1, budget=5, rerank=3)
+    assert torch.equal(out.tokens[0], best.tokens[0])
+    # unconditional samples and previews cannot be reranked: the preset then draws once; rerank= still raises
+    pipe = mm1d.load(b)
+    unc = pipe.generate([None, "a red circle"], seed=0, decoder_steps=1)
+    one = pipe.generate([None, "a red circle"], seed=0, decoder_steps=1, rerank=0)
+    assert all(torch.equal(x, y) for x, y in zip(unc.tokens, one.tokens))
+    assert len(pipe.generate("a red circle", seed=0, decoder_steps=1, preview_every=[2]).previews) == 1
+    with pytest.raises(ValueError, match="needs a text prompt"):
+        pipe.generate(None, seed=0, decoder_steps=1, rerank=3)
+    # the CLI starts from the bundle's presets and lays key=value overrides over them
+    args = build_parser().parse_args(["generate", "x", "--out", "x.png", "--bundle", str(b)])
+    args.overrides = ["image.top_k=64"]
+    cli = _config(args)
+    assert cli.image.rerank == 3 and cli.image.budget == 5 and cli.image.top_k == 64

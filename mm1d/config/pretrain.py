@@ -15,6 +15,7 @@ from mm1d.config.common import (
     TrainConfig,
     VocabConfig,
 )
+from mm1d.config.generation import GenerationConfig
 
 # ----------------------------------------------------------------------------------------------------
 # Model (mm1d.model): the decoder-only transformer
@@ -189,6 +190,9 @@ class PretrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    # the generation presets the release bundle carries as generation.json (mm1d.load / mm1d.generate use them);
+    # a partial section keeps the other defaults, e.g. ``generation: {image: {rerank: 7}}``
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
 
 
 SCHEMAS["pretrain"] = PretrainConfig
