@@ -68,6 +68,11 @@ def test_default_bundle_generates_right_after_install() -> None:
     # the bundle remembers the smallest budget it was trained to caption from (caption "auto" never goes below)
     pipe = mm1d.load()
     assert pipe.understanding_min_k == 8
+    # its presets are the ones configs/mm_tiny.yaml writes into the bundle (images: best of 8)
+    from mm1d.config import load_config
+
+    assert pipe.config == load_config(Path("configs/mm_tiny.yaml"), [], PretrainConfig).generation
+    assert pipe.config.image.rerank == 7 and pipe.config.video.rerank == 0
     # stored in float16 for size, computed in float32 (the default GenerationConfig.dtype)
     stored = {p.dtype for p in load_release_bundle(ASSETS / "shapes-tiny").model.parameters()}
     assert stored == {torch.float16}

@@ -251,3 +251,32 @@ def test_eval_loss_reads_clean_captions() -> None:
     assert cfg.data.sequence.caption_input_noise == 0.2  # the training loader keeps its noise
     assert ev.sequence.caption_input_noise == 0.0 and ev.shards == ["runs/x/val"]
     assert ev.sequence.caption_dropout == 0.3 and ev.seq_len == cfg.data.seq_len and ev.tasks == cfg.data.tasks
+
+
+def test_task_losses_score_each_task_alone(assets: dict, tmp_path: Path) -> None:
+    """eval/task_loss.py: per task and target modality. A zero head makes every code uniform within its softmax
+    group, so each loss is exactly log(group size), and each task shows only its own modalities."""
+    import math
+
+    from mm1d.config import PretrainConfig, load_config
+    from mm1d.modality import Vocab
+    from mm1d.model.transformer import Transformer
+    from mm1d.training.pretraining import task_losses
+
+    cfg = load_config(CONFIG, overrides(assets, tmp_path, 1, **{"eval_data": f"[{assets['train']}]"}), PretrainConfig)
+    vocab = Vocab.from_config(cfg.vocab)
+    torch.manual_seed(0)
+    model = Transformer(cfg.model, vocab.size, vocab.softmax_groups()).eval()
+    with torch.no_grad():
+        model.lm_head.weight.zero_()
+    res = task_losses(model, vocab, cfg, ("t2i", "i2t", "t2v", "v2t"), batches=2)
+    text_group = math.log(vocab.softmax_groups()[0][1])
+    assert set(res["t2i"]) == set(res["i2t"]) == {"text", "image"}
+    assert set(res["t2v"]) == set(res["v2t"]) == {"text", "video"}
+    for task, mod in (("t2i", "image"), ("i2t", "image"), ("t2v", "video"), ("v2t", "video")):
+        assert res[task][mod] == pytest.approx(math.log(vocab.local_size(mod)), abs=1e-4)
+        assert res[task]["text"] == pytest.approx(text_group, abs=1e-4)
+    # the documents are drawn the same way on every call (so every model scored sees the same ones)
+    assert task_losses(model, vocab, cfg, ("t2i",), batches=2) == {"t2i": res["t2i"]}
+    with pytest.raises(ValueError, match="eval_data is empty"):
+        task_losses(model, vocab, load_config(CONFIG, overrides(assets, tmp_path, 1), PretrainConfig))

@@ -189,6 +189,50 @@ def eval_loader_config(cfg: PretrainConfig) -> LoaderConfig:
     return dataclasses.replace(cfg.data, shards=list(cfg.eval_data), sequence=clean)
 
 
+@torch.no_grad()
+def task_losses(model: nn.Module, vocab: Vocab, cfg: PretrainConfig,
+                tasks: tuple[str, ...] = ("t2i", "i2t", "t2v", "v2t"),
+                batches: int = 16) -> dict[str, dict[str, float]]:
+    """Mean cross-entropy per task and per target modality on ``cfg.eval_data``, one task at a time.
+
+    The periodic eval loss draws the training task mix, so it does not compare across mixes or loss weights;
+    these do. Each task's documents come from the eval loader (``eval_loader_config``) with that task alone,
+    on rank 0 of 1, so every model scored with the same config and vocabulary sees the same documents.
+
+    Args:
+        model: a ``Transformer`` (e.g. a release bundle's), evaluated as is.
+        vocab: its vocabulary.
+        cfg: the pretraining config (``data`` and ``eval_data``).
+        tasks: the tasks to score.
+        batches: batches of ``data.batch_size`` x ``data.seq_len`` tokens per task.
+
+    Returns:
+        ``{task: {"text" | "image" | "video": mean cross-entropy in nats}}`` (a modality absent from the task's
+        targets is absent).
+    """
+    from mm1d.data.loader import PackedLoader
+
+    if not cfg.eval_data:
+        raise ValueError("eval_data is empty: point it at pretokenized val shard directories")
+    device = next(model.parameters()).device
+    out: dict[str, dict[str, float]] = {}
+    for task in tasks:
+        lcfg = dataclasses.replace(eval_loader_config(cfg), tasks={task: 1.0})
+        loader = PackedLoader(lcfg, vocab, rank=0, world_size=1)
+        ce_sum = torch.zeros(3, dtype=torch.float64)
+        count = torch.zeros(3, dtype=torch.float64)
+        for _ in range(batches):
+            b = next(loader).to(device)
+            ce, _ = model(b.input_ids, positions=b.positions, doc_ids=b.doc_ids, targets=b.targets)
+            for m in range(3):
+                sel = b.modality == m
+                ce_sum[m] += float(ce[sel].double().sum())
+                count[m] += int(sel.sum())
+        out[task] = {name: float(ce_sum[m] / count[m]) for m, name in enumerate(("text", "image", "video"))
+                     if count[m] > 0}
+    return out
+
+
 def run_pretraining(cfg: PretrainConfig) -> TrainState:
     """Train the transformer described by ``cfg``; resume from ``cfg.out_dir`` when it has a checkpoint."""
     from mm1d.data.loader import PackedLoader
