@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from mm1d.config import LossConfig
+from mm1d.modality import MODALITIES
 from mm1d.sequence import IGNORE_INDEX, MOD_IGNORE, Document, target_loss_mask
 
 NUM_MODALITIES = 3  # text/special, image, video
@@ -152,14 +153,18 @@ class PackedBatch:
         """Batch loss from per-token cross-entropy ``token_ce`` (B, L) (0 or anything finite where ignored)."""
         return (self.loss_weight * torch.where(self.targets == IGNORE_INDEX, 0.0, token_ce)).sum()
 
-    def modality_losses(self, token_ce: torch.Tensor) -> dict[str, float]:
-        """Mean cross-entropy per modality present (for logging): keys 'text', 'image', 'video'."""
+    def modality_totals(self, token_ce: torch.Tensor) -> dict[str, tuple[float, int]]:
+        """(sum of cross-entropy, target count) per modality present: keys 'text', 'image', 'video'."""
         out = {}
-        for m, name in enumerate(("text", "image", "video")):
+        for m, name in enumerate(MODALITIES):
             sel = self.modality == m
             if bool(sel.any()):
-                out[name] = float(token_ce[sel].float().mean())
+                out[name] = (float(token_ce[sel].double().sum()), int(sel.sum()))
         return out
+
+    def modality_losses(self, token_ce: torch.Tensor) -> dict[str, float]:
+        """Mean cross-entropy per modality present (for logging): keys 'text', 'image', 'video'."""
+        return {name: total / n for name, (total, n) in self.modality_totals(token_ce).items()}
 
 
 def attention_mask(doc_ids: torch.Tensor) -> torch.Tensor:

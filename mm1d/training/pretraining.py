@@ -219,17 +219,15 @@ def task_losses(model: nn.Module, vocab: Vocab, cfg: PretrainConfig,
     for task in tasks:
         lcfg = dataclasses.replace(eval_loader_config(cfg), tasks={task: 1.0})
         loader = PackedLoader(lcfg, vocab, rank=0, world_size=1)
-        ce_sum = torch.zeros(3, dtype=torch.float64)
-        count = torch.zeros(3, dtype=torch.float64)
+        totals: dict[str, list[float]] = {}
         for _ in range(batches):
             b = next(loader).to(device)
             ce, _ = model(b.input_ids, positions=b.positions, doc_ids=b.doc_ids, targets=b.targets)
-            for m in range(3):
-                sel = b.modality == m
-                ce_sum[m] += float(ce[sel].double().sum())
-                count[m] += int(sel.sum())
-        out[task] = {name: float(ce_sum[m] / count[m]) for m, name in enumerate(("text", "image", "video"))
-                     if count[m] > 0}
+            for name, (total, n) in b.modality_totals(ce).items():
+                acc = totals.setdefault(name, [0.0, 0])
+                acc[0] += total
+                acc[1] += n
+        out[task] = {name: total / n for name, (total, n) in totals.items()}
     return out
 
 
